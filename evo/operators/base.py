@@ -1,0 +1,69 @@
+"""The interface every variation operator implements.
+
+Operators are pure producers of children: they read parents and archive context (plain data the
+engine assembles from the store) and return a `Proposal`. They never write the archive and never
+run trials, so the offline and LLM operators are interchangeable and testable on their own.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass
+class ParentInfo:
+    """An individual as an operator sees it."""
+
+    id: int
+    source: str
+    hypothesis: str = ""
+    operator: str = ""
+    val_bpb: float | None = None  # mean over its ok trials; None when it has none
+    n_trials: int = 0
+    cell: tuple[int, ...] | None = None
+    commit: str | None = None
+    trials: list[dict] = field(default_factory=list)  # TrialResult.to_dict() rows
+
+
+@dataclass
+class ArchiveContext:
+    """What the archive has learned, chosen by the engine for a prompt."""
+
+    program: str = ""  # the research program text (program.md)
+    elites: list[ParentInfo] = field(default_factory=list)  # best first
+    failures: list[dict] = field(default_factory=list)  # {hypothesis, outcome, stderr_tail}
+    tried_from_parent: list[str] = field(default_factory=list)  # hypotheses of the parent's children
+    noise_sd: float | None = None  # measured seed-to-seed sd of val_bpb
+
+
+@dataclass
+class Proposal:
+    """A child, or the reason there is none.
+
+    `source` is None exactly when `rejected` is set; the engine records rejected proposals as
+    individuals-that-never-trained so the archive remembers dead ends.
+    """
+
+    operator: str
+    parents: list[int]
+    hypothesis: str
+    source: str | None = None
+    rejected: str | None = None  # one-line reason (malformed answer, SEARCH not found, ...)
+    llm_calls: list[dict] = field(default_factory=list)  # see population.models.LLMCall columns
+
+
+class Operator(Protocol):
+    name: str
+
+    def mutate(self, parent: ParentInfo, ctx: ArchiveContext, rng: random.Random) -> Proposal: ...
+
+    def crossover(
+        self,
+        a: ParentInfo,
+        b: ParentInfo,
+        ancestor_source: str | None,
+        ctx: ArchiveContext,
+        rng: random.Random,
+    ) -> Proposal: ...
