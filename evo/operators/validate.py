@@ -1,0 +1,178 @@
+"""Static checks on a child `train.py` before any GPU time is spent on it.
+
+The harness, not the variant, measures val_bpb; these checks keep a variant from reaching around
+that contract (see docs/internals.md, "The variant <-> harness contract"). They read the syntax
+tree rather than the text so that comments and strings mentioning the forbidden names do not
+trip them, and so that aliases (`from trainer import harness as H`, `h = H.setup()`) are followed.
+They are a gate against accidents and lazy cheating by an LLM, not a sandbox: the runner's
+scrubbed environment and the harness's own checks remain the real guarantees.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+
+# Third-party packages a variant may import: the ones the harness itself already needs.
+ALLOWED_PACKAGES = frozenset({"torch", "numpy"})
+HARNESS_MODULE = "trainer.harness"
+# validate_child reasons for unparsable sources start with this, so callers can tell a broken
+# edit from a contract violation.
+SYNTAX_ERROR_PREFIX = "syntax error"
+
+_GLOBAL_SEEDERS = frozenset(
+    {
+        "random.seed",
+        "np.random.seed",
+        "numpy.random.seed",
+        "torch.seed",
+        "torch.random.seed",
+        "torch.cuda.seed",
+        "torch.cuda.seed_all",
+    }
+)
+_SEED_MODULES = frozenset({"random", "numpy.random", "torch", "torch.random", "torch.cuda"})
+_DYNAMIC_CODE = frozenset({"exec", "eval", "compile", "__import__"})
+
+
+class _Violation(Exception):
+    pass
+
+
+def validate_child(source: str) -> str | None:
+    """None if `source` may be trained, else a one-line reason it may not."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as e:
+        return f"{SYNTAX_ERROR_PREFIX} at line {e.lineno}: {e.msg}"
+    try:
+        _Checker(tree).check()
+    except _Violation as v:
+        return str(v)
+    return None
+
+
+def _dotted(node: ast.AST) -> str | None:
+    """'a.b.c' for a chain of attribute lookups on a name, else None."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+class _Checker:
+    def __init__(self, tree: ast.Module):
+        self.tree = tree
+        # Names bound to the harness module, to names imported from it, or to a Harness object.
+        self.harness_names: set[str] = set()
+        self.seed_functions: set[str] = set()  # `from random import seed` and the like
+
+    def check(self) -> None:
+        for node in ast.walk(self.tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                self._import(node)
+        self._collect_harness_objects()
+        calls_setup = calls_finish = False
+        for node in ast.walk(self.tree):
+            if isinstance(node, ast.Call):
+                name = _dotted(node.func)
+                if name is not None and self._is_harness(name) and name.rsplit(".", 1)[-1] == "setup":
+                    calls_setup = True
+                if isinstance(node.func, ast.Attribute) and node.func.attr == "finish":
+                    calls_finish = True
+                self._call(node, name)
+            elif isinstance(node, ast.Attribute):
+                self._attribute(node)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if node.name == "evaluate_bpb":
+                    raise _Violation(f"line {node.lineno}: defines evaluate_bpb (the harness evaluates)")
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                if node.id == "evaluate_bpb":
+                    raise _Violation(f"line {node.lineno}: assigns evaluate_bpb (the harness evaluates)")
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "EVO_" in node.value:
+                raise _Violation(f"line {node.lineno}: refers to an EVO_ variable (trial config is the harness's)")
+        if not calls_setup:
+            raise _Violation("does not call harness.setup()")
+        if not calls_finish:
+            raise _Violation("does not call .finish() on the harness")
+
+    def _import(self, node: ast.Import | ast.ImportFrom) -> None:
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                raise _Violation(f"line {node.lineno}: relative import")
+            module = node.module or ""
+            for alias in node.names:
+                full = f"{module}.{alias.name}"
+                if module == "trainer" and alias.name == "harness":
+                    self.harness_names.add(alias.asname or alias.name)
+                    continue
+                if module == HARNESS_MODULE:
+                    if alias.name.startswith("_") or alias.name == "*":
+                        raise _Violation(f"line {node.lineno}: imports {full} (harness internals)")
+                    self.harness_names.add(alias.asname or alias.name)
+                if module in _SEED_MODULES and alias.name.startswith(("seed", "manual_seed")):
+                    self.seed_functions.add(alias.asname or alias.name)
+                self._allowed_module(full if module == "trainer" else module, node.lineno)
+        else:
+            for alias in node.names:
+                self._allowed_module(alias.name, node.lineno)
+                if alias.name == HARNESS_MODULE:
+                    self.harness_names.add(alias.asname or HARNESS_MODULE)
+
+    def _allowed_module(self, module: str, lineno: int) -> None:
+        top = module.split(".")[0]
+        if top == "trainer":
+            if module == HARNESS_MODULE or module.startswith(HARNESS_MODULE + "."):
+                return
+            raise _Violation(f"line {lineno}: imports {module} (only trainer.harness is part of the contract)")
+        if top not in sys.stdlib_module_names and top not in ALLOWED_PACKAGES:
+            raise _Violation(f"line {lineno}: imports {top} (no new dependencies: stdlib, torch, numpy only)")
+
+    def _collect_harness_objects(self) -> None:
+        """Add `h` for every `h = harness.setup()`, so `h._x` counts as reaching into the harness."""
+        for node in ast.walk(self.tree):
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+                name = _dotted(node.value.func)
+                if name is not None and self._is_harness(name):
+                    for target in node.targets:
+                        if isinstance(target, ast.Name):
+                            self.harness_names.add(target.id)
+
+    def _is_harness(self, dotted: str) -> bool:
+        return any(dotted == h or dotted.startswith(h + ".") for h in self.harness_names)
+
+    def _attribute(self, node: ast.Attribute) -> None:
+        owner = _dotted(node.value)
+        if owner is None or not self._is_harness(owner):
+            return
+        if node.attr.startswith("_"):
+            raise _Violation(f"line {node.lineno}: touches {owner}.{node.attr} (harness internals)")
+        if isinstance(node.ctx, (ast.Store, ast.Del)):
+            raise _Violation(f"line {node.lineno}: modifies {owner}.{node.attr} (the harness is fixed)")
+
+    def _call(self, node: ast.Call, name: str | None) -> None:
+        if isinstance(node.func, ast.Attribute) and node.func.attr.startswith("manual_seed"):
+            raise _Violation(f"line {node.lineno}: calls {node.func.attr}() (the harness seeds everything)")
+        if name is None:
+            return
+        if name in _GLOBAL_SEEDERS or name in self.seed_functions:
+            raise _Violation(f"line {node.lineno}: calls {name}() (the harness seeds everything)")
+        if name in _DYNAMIC_CODE:
+            raise _Violation(f"line {node.lineno}: calls {name}() (dynamic code cannot be checked)")
+        if name in ("getattr", "setattr", "delattr", "vars") and node.args:
+            owner = _dotted(node.args[0])
+            if owner is None or not self._is_harness(owner):
+                return
+            attr = node.args[1] if len(node.args) > 1 else None
+            public_read = (
+                name == "getattr"
+                and isinstance(attr, ast.Constant)
+                and isinstance(attr.value, str)
+                and not attr.value.startswith("_")
+            )
+            if not public_read:
+                raise _Violation(f"line {node.lineno}: {name}() on {owner} (harness internals)")
