@@ -1,0 +1,122 @@
+"""The `evo` command.
+
+Every user-caused error (bad path, unknown run, empty corpus, ...) is raised somewhere below as
+one of `USER_ERRORS` with a one-line message; `EvoGroup` turns it into `Error: ...` and exit
+status 1, so nobody sees a traceback for a typo.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from trainer.corpus import CorpusError
+from trainer.dataset import DatasetError
+from trainer.download import DownloadError
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from population.store import ArchiveError
+
+    from evo.errors import EvoError
+
+    return (CorpusError, DatasetError, DownloadError, ArchiveError, EvoError)
+
+
+class EvoGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except _user_errors() as e:
+            raise click.ClickException(str(e)) from None
+
+
+console = Console(stderr=True)
+
+
+def _data_dir_option(f):
+    return click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="EVO_DATA_DIR",
+                        help="Where prepared data lives [env EVO_DATA_DIR; default ~/.cache/evo/data].")(f)
+
+
+def _positive(ctx, param, value):
+    if value is not None and value <= 0:
+        raise click.BadParameter(f"must be greater than 0, got {value}")
+    return value
+
+
+@click.group(cls=EvoGroup)
+@click.version_option(package_name="evo")
+def main():
+    """evo: evolve train.py variants in a MAP-Elites archive, scored by val_bpb."""
+
+
+@main.command()
+@click.argument("source", default="stdlib")
+@click.argument("paths", nargs=-1)
+@_data_dir_option
+@click.option("--vocab-size", type=int, default=None, help="BPE vocabulary incl. BOS [default: 2048 on CPU, 8192 on GPU].")
+@click.option("--shards", type=int, default=None, help="climbmix: number of training shards to download.")
+@click.option("--val-fraction", type=float, default=0.05, show_default=True, help="Share of documents held out.")
+@click.option("--text-field", default="text", show_default=True, help="Field/column holding text in .jsonl/.parquet.")
+@click.option("--force", is_flag=True, help="Rebuild even if cached.")
+def prepare(source, paths, data_dir, vocab_size, shards, val_fraction, text_field, force):
+    """Tokenize a corpus once into token files: SOURCE is stdlib (default), files PATH..., or climbmix."""
+    from trainer.prepare import prepare as run_prepare
+
+    ds = run_prepare(source, paths=list(paths), shards=shards, data_dir=data_dir, vocab_size=vocab_size,
+                     val_fraction=val_fraction, text_field=text_field, console=console, force=force)
+    click.echo(ds.path)
+
+
+def resolve_dataset(data_dir: Path | None, prepare_if_missing: bool):
+    """The default prepared dataset; prepares the embedded stdlib corpus first if asked to."""
+    from trainer.prepare import find_dataset, prepare as run_prepare
+
+    try:
+        return find_dataset(data_dir)
+    except DatasetError:
+        if not prepare_if_missing:
+            raise
+        console.print("[yellow]No prepared data yet: preparing the default corpus (Python stdlib) first.[/]")
+        return run_prepare("stdlib", data_dir=data_dir, console=console)
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--budget", type=float, default=None, callback=_positive, help="Training seconds [default: 10 on CPU, 300 on GPU].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@_data_dir_option
+@click.option("--keep-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run in this directory and keep its logs (default: a temporary one).")
+def trial(path, budget, seed, device, data_dir, keep_dir):
+    """Train one train.py for a fixed time budget and print its val_bpb."""
+    from trainer.harness import default_budget
+    from trainer.runner import format_summary, run_trial
+
+    if not path.is_file():
+        raise click.ClickException(f"{path}: no such file (give the path to a train.py)")
+    try:
+        compile(path.read_text(), str(path), "exec")
+    except (SyntaxError, UnicodeDecodeError, ValueError) as e:
+        raise click.ClickException(f"{path}: not a Python file ({type(e).__name__}: {getattr(e, 'msg', e)})")
+    ds = resolve_dataset(data_dir, prepare_if_missing=False)
+    import torch
+
+    budget = budget or default_budget("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+    console.print(f"trial: {path} | budget {budget:g}s | seed {seed} | device {device} | data {ds.path.name}")
+    with console.status("training…"):
+        result = run_trial(path, dataset_dir=ds.path, budget=budget, seed=seed, device=device, workdir=keep_dir)
+    click.echo(format_summary(result))
+    if not result.ok:
+        if result.stderr_tail:
+            click.echo("--- stderr tail ---\n" + result.stderr_tail[-1500:], err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""A prepared data directory: token files (memory-mapped), byte lengths, manifest.
+
+Layout (written by `trainer.prepare`):
+  manifest.json     what the data is: source, input file hashes, vocab, token counts
+  tokenizer.json    the BPE (see trainer.tokenizer)
+  train.bin         all train documents, each starting with BOS, as one flat array
+  val.bin           the same for validation
+  token_bytes.npy   UTF-8 byte length of each token id (0 for BOS), for bits per byte
+The manifest hash identifies the data a score was measured on: scores with different hashes are
+not comparable, and the archive stores it with each run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+
+class DatasetError(Exception):
+    """A user-facing, one-line problem with a data directory."""
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("EVO_DATA_DIR") or Path.home() / ".cache" / "evo" / "data")
+
+
+def manifest_hash(manifest: dict) -> str:
+    """Hash of what determines the tokens; timestamps and paths on this machine are left out."""
+    keys = ("source", "inputs_sha256", "vocab_size", "tokenizer_sha256", "n_train_tokens", "n_val_tokens", "dtype")
+    blob = json.dumps({k: manifest[k] for k in keys}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class Dataset:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        mf = self.path / "manifest.json"
+        if not mf.exists():
+            raise DatasetError(f"no prepared data in {self.path} (run `evo prepare` first)")
+        self.manifest = json.loads(mf.read_text())
+        self.vocab_size: int = self.manifest["vocab_size"]
+        self.bos_id: int = self.manifest["bos_id"]
+        self.hash = manifest_hash(self.manifest)
+
+    @cached_property
+    def train_tokens(self) -> np.ndarray:
+        return np.memmap(self.path / "train.bin", dtype=self.manifest["dtype"], mode="r")
+
+    @cached_property
+    def val_tokens(self) -> np.ndarray:
+        return np.memmap(self.path / "val.bin", dtype=self.manifest["dtype"], mode="r")
+
+    @cached_property
+    def token_bytes(self) -> np.ndarray:
+        return np.load(self.path / "token_bytes.npy")
+
+    def tokenizer(self):
+        from trainer.tokenizer import load
+
+        return load(self.path / "tokenizer.json")
+
+    def uniform_bpb(self, n_tokens: int | None = None) -> float:
+        """val_bpb of a model that predicts every token uniformly: log2(V) * tokens / bytes.
+
+        Over the first n_tokens target tokens of val, counting only tokens that carry bytes —
+        the reference a trained model must beat clearly.
+        """
+        y = np.asarray(self.val_tokens[1 : (n_tokens + 1) if n_tokens else None]).astype(np.int64)
+        nbytes = self.token_bytes[y]
+        return float(np.log2(self.vocab_size) * (nbytes > 0).sum() / nbytes.sum())
