@@ -66,18 +66,18 @@ def _dotted(node: ast.AST) -> str | None:
 
 class _Checker:
     def __init__(self, tree: ast.Module):
-        self.tree = tree
+        self.nodes = list(ast.walk(tree))
         # Names bound to the harness module, to names imported from it, or to a Harness object.
         self.harness_names: set[str] = set()
         self.seed_functions: set[str] = set()  # `from random import seed` and the like
 
     def check(self) -> None:
-        for node in ast.walk(self.tree):
+        for node in self.nodes:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 self._import(node)
         self._collect_harness_objects()
         calls_setup = calls_finish = False
-        for node in ast.walk(self.tree):
+        for node in self.nodes:
             if isinstance(node, ast.Call):
                 name = _dotted(node.func)
                 if name is not None and self._is_harness(name) and name.rsplit(".", 1)[-1] == "setup":
@@ -134,7 +134,7 @@ class _Checker:
 
     def _collect_harness_objects(self) -> None:
         """Add `h` for every `h = harness.setup()`, so `h._x` counts as reaching into the harness."""
-        for node in ast.walk(self.tree):
+        for node in self.nodes:
             if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
                 name = _dotted(node.value.func)
                 if name is not None and self._is_harness(name):
