@@ -1,0 +1,114 @@
+"""The archive's git repository: one commit per individual, holding its `train.py`.
+
+Git gives the user tools they already know for the population's genealogy: `git log --graph
+--all` draws it (a crossover is a merge commit, its git parents are the recorded parents),
+`git diff A B` shows what an operator changed, `git show <sha>:train.py` recovers a variant.
+
+The engine commits once per trial, and its bookkeeping budget is a few milliseconds with
+10,000 individuals in the archive, so objects are written straight into the object database
+(blob, tree and commit built by hand, zlib'd by gitdb's loose-object writer in-process) and refs as loose ref files;
+no `git` process is spawned on that path. Every individual gets a ref
+(`refs/individuals/<run>/<id>`) so that no commit is ever unreachable: `git gc` would prune
+those, and `git log --all` would not show them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+import time
+from io import BytesIO
+from pathlib import Path
+
+from git import Repo
+from gitdb import LooseObjectDB
+from gitdb.base import IStream
+
+IDENTITY = "evo <evo@localhost>"
+FILENAME = "train.py"
+_SHA = re.compile(r"[0-9a-f]{40}")
+
+
+class GitStore:
+    """A bare repository of variants. Thread-safe: one lock serialises every call, because
+    gitpython's persistent `cat-file` reader is shared state."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        if not (self.path / "objects").is_dir():
+            Repo.init(self.path, bare=True, mkdir=True)
+        self.repo = Repo(self.path)
+        # writes bypass repo.odb, whose store() runs `git hash-object` once per object
+        self._loose = LooseObjectDB(str(self.path / "objects"))
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"GitStore({str(self.path)!r})"
+
+    def close(self) -> None:
+        self.repo.close()
+
+    def _store(self, kind: bytes, data: bytes) -> bytes:
+        return self._loose.store(IStream(kind, len(data), BytesIO(data))).binsha
+
+    def commit(
+        self,
+        source: str,
+        parents: list[str],
+        message: str,
+        trailers: dict[str, object] | None = None,
+    ) -> str:
+        """Write a commit whose tree is just `train.py` = `source`; returns its sha.
+
+        `message`'s first line is the subject; `trailers` become `Key: value` lines at the end
+        (`git log --format=%(trailers)` and `git interpret-trailers` read them).
+        """
+        for p in parents:
+            if not _SHA.fullmatch(p):
+                raise ValueError(f"not a full commit sha: {p!r}")
+        parents = list(dict.fromkeys(parents))  # a crossover of a parent with itself is one parent
+        text = message.strip() or "(no message)"
+        if trailers:
+            lines = (f"{k}: {' '.join(str(v).split())}" for k, v in trailers.items())
+            text += "\n\n" + "\n".join(lines)
+        stamp = f"{int(time.time())} +0000"
+        with self._lock:
+            blob = self._store(b"blob", source.encode())
+            tree = self._store(b"tree", b"100644 " + FILENAME.encode() + b"\0" + blob)
+            header = [f"tree {tree.hex()}"] + [f"parent {p}" for p in parents]
+            header += [f"author {IDENTITY} {stamp}", f"committer {IDENTITY} {stamp}"]
+            body = "\n".join(header) + "\n\n" + text + "\n"
+            return self._store(b"commit", body.encode()).hex()
+
+    def set_ref(self, name: str, sha: str) -> None:
+        """Point `name` (e.g. `refs/elites/run1/3,5`) at `sha`, written as a loose ref file
+        (atomically: temp file + rename), which git prefers over any packed value."""
+        if not name.startswith("refs/") or ".." in name or not _SHA.fullmatch(sha):
+            raise ValueError(f"bad ref update {name!r} -> {sha!r}")
+        target = self.path / name
+        with self._lock:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".ref")
+            with os.fdopen(fd, "w") as f:
+                f.write(sha + "\n")
+            os.replace(tmp, target)
+
+    def delete_ref(self, name: str) -> None:
+        """Remove a ref (loose or packed). Rare (an elite moving cells), so `git` does it."""
+        with self._lock:
+            self.repo.git.update_ref("-d", name)
+
+    def source_at(self, sha: str) -> str:
+        """The `train.py` of commit `sha`."""
+        with self._lock:
+            blob = self.repo.commit(sha).tree / FILENAME
+            return blob.data_stream.read().decode()
+
+    def merge_base(self, a: str, b: str) -> str | None:
+        """The best common ancestor of two commits (what a three-way crossover merges from),
+        or None when their histories never meet."""
+        with self._lock:
+            bases = self.repo.merge_base(a, b)
+        return bases[0].hexsha if bases else None
