@@ -6,7 +6,7 @@ Git gives the user tools they already know for the population's genealogy: `git 
 
 The engine commits once per trial, and its bookkeeping budget is a few milliseconds with
 10,000 individuals in the archive, so objects are written straight into the object database
-(blob, tree and commit built by hand, zlib'd by gitdb's loose-object writer in-process) and refs as loose ref files;
+(blob, tree and commit built and zlib'd in-process, as loose objects) and refs as loose ref files;
 no `git` process is spawned on that path. Every individual gets a ref
 (`refs/individuals/<run>/<id>`) so that no commit is ever unreachable: `git gc` would prune
 those, and `git log --all` would not show them.
@@ -14,17 +14,16 @@ those, and `git log --all` would not show them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
 import threading
 import time
-from io import BytesIO
+import zlib
 from pathlib import Path
 
 from git import Repo
-from gitdb import LooseObjectDB
-from gitdb.base import IStream
 
 IDENTITY = "evo <evo@localhost>"
 FILENAME = "train.py"
@@ -40,8 +39,6 @@ class GitStore:
         if not (self.path / "objects").is_dir():
             Repo.init(self.path, bare=True, mkdir=True)
         self.repo = Repo(self.path)
-        # writes bypass repo.odb, whose store() runs `git hash-object` once per object
-        self._loose = LooseObjectDB(str(self.path / "objects"))
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -51,7 +48,19 @@ class GitStore:
         self.repo.close()
 
     def _store(self, kind: bytes, data: bytes) -> bytes:
-        return self._loose.store(IStream(kind, len(data), BytesIO(data))).binsha
+        """Write one loose object, exactly as `git hash-object -w` would (gitpython's own
+        `odb.store` spawns that command per object); returns the binary sha."""
+        raw = kind + b" " + str(len(data)).encode() + b"\0" + data
+        sha = hashlib.sha1(raw).digest()
+        target = self.path / "objects" / sha.hex()[:2] / sha.hex()[2:]
+        if not target.exists():
+            target.parent.mkdir(exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".obj")
+            with os.fdopen(fd, "wb") as f:
+                f.write(zlib.compress(raw, 1))  # level 1: git's default core.looseCompression
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, target)
+        return sha
 
     def commit(
         self,
@@ -69,7 +78,8 @@ class GitStore:
             if not _SHA.fullmatch(p):
                 raise ValueError(f"not a full commit sha: {p!r}")
         parents = list(dict.fromkeys(parents))  # a crossover of a parent with itself is one parent
-        text = message.strip() or "(no message)"
+        subject, _, body = (message.strip() or "(no message)").partition("\n")
+        text = subject + ("\n\n" + body.strip() if body.strip() else "")
         if trailers:
             lines = (f"{k}: {' '.join(str(v).split())}" for k, v in trailers.items())
             text += "\n\n" + "\n".join(lines)

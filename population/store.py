@@ -206,11 +206,6 @@ class Store:
         return f"Store({self.name!r}{', readonly' if self.readonly else ''})"
 
     @contextmanager
-    def _read(self) -> Iterator[Session]:
-        with self._reader() as s:
-            yield s
-
-    @contextmanager
     def _write(self) -> Iterator[Session]:
         if self.readonly:
             raise ArchiveError(f"{self.name} is open read-only")
@@ -234,19 +229,14 @@ class Store:
         with self._write() as s:
             if s.scalar(select(Run.id).where(Run.name == name)) is not None:
                 raise ArchiveError(f"run '{name}' already exists in {self.name} (pick another name, or resume it)")
-            run = Run(
-                name=name,
-                config=dict(config),
-                data_manifest_hash=data_manifest_hash,
+            return _add(s, Run(
+                name=name, config=dict(config), data_manifest_hash=data_manifest_hash,
                 program_text=program_text,
-            )
-            s.add(run)
-            s.flush()
-            return run
+            ))
 
     def get_run(self, name_or_id: str | int) -> Run:
         """A run by name, or by id (an int, or a string of digits no run is named)."""
-        with self._read() as s:
+        with self._reader() as s:
             run = None
             if isinstance(name_or_id, str):
                 run = s.scalar(select(Run).where(Run.name == name_or_id))
@@ -259,11 +249,11 @@ class Store:
         raise ArchiveError(f"unknown run '{name_or_id}' in {self.name} (runs: {known})")
 
     def latest_run(self) -> Run | None:
-        with self._read() as s:
+        with self._reader() as s:
             return s.scalar(select(Run).order_by(Run.id.desc()).limit(1))
 
     def list_runs(self) -> list[Run]:
-        with self._read() as s:
+        with self._reader() as s:
             return list(s.scalars(select(Run).order_by(Run.id)))
 
     def update_run(self, run_id: int, **fields: Any) -> Run:
@@ -277,7 +267,6 @@ class Store:
             run = _get(s, Run, run_id)
             for key, value in fields.items():
                 setattr(run, key, dict(value) if key == "config" else value)
-            run.updated_at = utcnow()
             return run
 
     # ------------------------------------------------------------------ individuals
@@ -329,7 +318,7 @@ class Store:
         """An individual by id, or by a prefix (at least 4 hex characters) of its source hash
         or git commit, like git's short shas. A string of digits is tried as an id first."""
         text = str(ref).strip().lower()
-        with self._read() as s:
+        with self._reader() as s:
             if isinstance(ref, int) or text.isdigit():
                 ind = s.get(Individual, int(text))
                 if ind is not None and (run_id is None or ind.run_id == run_id):
@@ -381,11 +370,11 @@ class Store:
         ):
             if value is not None:
                 query = query.where(column == value)
-        with self._read() as s:
+        with self._reader() as s:
             return list(s.scalars(query.order_by(*orders[order]).limit(limit)))
 
     def children_of(self, individual_id: int) -> list[Individual]:
-        with self._read() as s:
+        with self._reader() as s:
             return list(s.scalars(
                 select(Individual)
                 .where(or_(Individual.parent1_id == individual_id, Individual.parent2_id == individual_id))
@@ -396,7 +385,7 @@ class Store:
         """The run's latest failed trials and rejected proposals, newest first, as dicts with
         individual_id, hypothesis, operator, outcome ("rejected" for proposals), stderr_tail,
         message and at: what a mutation prompt shows so the LLM stops repeating them."""
-        with self._read() as s:
+        with self._reader() as s:
             trials = s.execute(
                 select(Trial, Individual)
                 .join(Individual, Trial.individual_id == Individual.id)
@@ -430,7 +419,7 @@ class Store:
             if ind is None:
                 raise ArchiveError(f"no individual {individual_id} in {self.name}")
             if ind.status == "rejected":
-                raise ArchiveError(f"individual {individual_id} was rejected ({ind.rejected_reason}); it cannot be trained")
+                raise ArchiveError(f"individual {individual_id} was rejected ({ind.rejected_reason}): nothing to train")
             trial = Trial(
                 run_id=ind.run_id, individual_id=individual_id, seed=seed, device=device,
                 worker=worker, status="running",
@@ -465,7 +454,6 @@ class Store:
             trial.extra = extra or None
             trial.status = "done"
             trial.finished_at = utcnow()
-            s.flush()
             ind = _get(s, Individual, trial.individual_id)
             _refresh_aggregates(s, ind)
             if ind.commit is None and self.git is not None:
@@ -515,7 +503,7 @@ class Store:
             query = query.where(Trial.individual_id == individual_id)
         if status is not None:
             query = query.where(Trial.status == status)
-        with self._read() as s:
+        with self._reader() as s:
             return list(s.scalars(query.order_by(Trial.id)))
 
     def running_trials(self, run_id: int) -> list[Trial]:
@@ -533,7 +521,7 @@ class Store:
 
     def used_seeds(self, individual_id: int) -> set[int]:
         """Seeds already claimed for an individual, running trials included."""
-        with self._read() as s:
+        with self._reader() as s:
             return set(s.scalars(select(Trial.seed).where(Trial.individual_id == individual_id)))
 
     # ------------------------------------------------------------------ elites
@@ -598,7 +586,7 @@ class Store:
 
     def elites(self, run_id: int) -> list[tuple[Elite, Individual]]:
         """The run's elites with their individuals, best first."""
-        with self._read() as s:
+        with self._reader() as s:
             rows = s.execute(
                 select(Elite, Individual)
                 .join(Individual, Elite.individual_id == Individual.id)
@@ -609,7 +597,7 @@ class Store:
 
     def best(self, run_id: int, k: int = 1) -> list[Individual]:
         """The k individuals with the lowest mean val_bpb over their ok trials."""
-        with self._read() as s:
+        with self._reader() as s:
             return list(s.scalars(
                 select(Individual)
                 .where(Individual.run_id == run_id, Individual.n_ok > 0)
@@ -640,7 +628,7 @@ class Store:
             return row
 
     def generations(self, run_id: int) -> list[GenerationStat]:
-        with self._read() as s:
+        with self._reader() as s:
             return list(s.scalars(
                 select(GenerationStat).where(GenerationStat.run_id == run_id).order_by(GenerationStat.generation)
             ))
@@ -661,7 +649,7 @@ class Store:
             name: func.coalesce(func.sum(getattr(LLMCall, name)), 0)
             for name in ("cost_usd", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
         }
-        with self._read() as s:
+        with self._reader() as s:
             row = s.execute(
                 select(func.count(LLMCall.id), *sums.values()).where(LLMCall.run_id == run_id)
             ).one()
