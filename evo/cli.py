@@ -118,5 +118,9 @@ def trial(path, budget, seed, device, data_dir, keep_dir):
         sys.exit(2)
 
 
+from evo.run_command import add_run_command  # noqa: E402  (the command needs _data_dir_option)
+
+add_run_command(main, _data_dir_option)
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,68 @@
+"""A run's configuration: flags, `evo.toml`, and defaults that fit the machine.
+
+The whole config is stored with the run, so `--resume` continues with exactly the settings the
+run started with, whatever flags the resuming command carries.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from evo.errors import EvoError
+
+CPU_BUDGET = 8.0  # seconds: the README's main job fits ~10 minutes on 2 cores
+GPU_BUDGET = 300.0  # autoresearch's
+
+
+@dataclass
+class RunConfig:
+    population: int = 16
+    budget: float = CPU_BUDGET
+    generations: int | None = None  # stop after this many generations of `population` children
+    trials: int | None = None  # stop after this many finished trials
+    hours: float | None = None  # stop dispatching after this long
+    operator: str = "offline"
+    device: str = "auto"
+    device_kind: str = "cpu"  # "cuda" or "cpu": which branch of `A if CUDA else B` the operators edit
+    workers: int | None = None
+    noise_seeds: int = 3  # replicate trials of the seed program that measure the noise
+    champion_seeds: int = 3  # trials a champion must have before it is reported as one
+    crossover_rate: float = 0.25
+    tournament_size: int = 3
+    uniform_share: float = 0.3
+    rng_seed: int = 0
+    grid: dict = field(default_factory=lambda: {"descriptors": ["params", "tokens"], "bins": 10, "decades": 2.0})
+    dataset_dir: str = ""
+    eval_tokens: int | None = None
+    eval_seq_len: int | None = None
+    model: str | None = None  # LLM options
+    max_llm_dollars: float | None = None
+    llm_concurrency: int | None = None
+    seed_from: str | None = None
+    top: int = 8
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def harness_options(self) -> dict:
+        return {k: v for k, v in (("eval_tokens", self.eval_tokens), ("eval_seq_len", self.eval_seq_len)) if v}
+
+
+def load_toml(path: Path) -> dict:
+    """Settings from evo.toml: top-level keys are RunConfig fields, `[grid]` the archive grid."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise EvoError(f"{path}: not a readable TOML file ({e})")
+    known = {f.name for f in fields(RunConfig)}
+    unknown = set(data) - known
+    if unknown:
+        raise EvoError(f"{path}: unknown settings {sorted(unknown)} (known: {', '.join(sorted(known))})")
+    return data

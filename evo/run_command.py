@@ -1,0 +1,237 @@
+"""`evo run`: validate everything, create or resume the run, then hand over to the engine.
+
+All input is checked before the archive is written to: a bad flag, a missing seed file, an
+unknown run or a file that is not an archive fails with one line and leaves the archive as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from evo.config import CPU_BUDGET, GPU_BUDGET, RunConfig, load_toml
+from evo.engine import Engine, Reporter
+from evo.errors import EvoError
+from evo.executors import LocalExecutor, local_slots
+from population.store import Store
+
+REPO_PROGRAM = Path(__file__).resolve().parent.parent / "program.md"
+SEED_TRAIN = Path(__file__).resolve().parent.parent / "trainer" / "train.py"
+
+
+class ConsoleReporter(Reporter):
+    """A log line per trial and per generation, and a live status line under them."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.live: Live | None = None
+
+    def _print(self, text) -> None:
+        (self.live.console if self.live else self.console).print(text)
+
+    def message(self, text: str) -> None:
+        self._print(f"[dim]{time.strftime('%H:%M:%S')}[/] {text}")
+
+    def trial_done(self, engine, ind, result, elite, kind) -> None:
+        score = f"{result.val_bpb:.4f}" if result.val_bpb is not None else result.outcome
+        mark = " [green]★ elite[/]" if elite and result.ok else ""
+        hyp = (ind.hypothesis or "").splitlines()[0][:70] if ind.hypothesis else ind.operator
+        fail = f" [red]{result.message[:60]}[/]" if not result.ok else ""
+        self.message(f"#{ind.id} g{ind.generation} {kind:7s} seed {result.seed} {score}{mark} [dim]{hyp}[/]{fail}")
+
+    def generation_done(self, engine, record) -> None:
+        best = f"{record['best']:.4f}" if record.get("best") is not None else "-"
+        self.message(f"[bold]generation {record['gen']}[/]: {record['trials']} trials, {record['failures']} failed, "
+                     f"best {best}, coverage {record['coverage']:.0%}, QD {record['qd_score']:.2f}")
+
+    def status(self, engine) -> None:
+        if self.live is None:
+            return
+        best = engine.store.best(engine.run.id, 1)
+        n_elites = len(engine.store.elites(engine.run.id)) if engine.grid else 0
+        best_s = f"{best[0].val_bpb_mean:.4f} (#{best[0].id}, n={best[0].n_ok})" if best else "-"
+        cov = f"{n_elites}/{engine.grid.n_cells}" if engine.grid else "-"
+        elapsed = time.time() - engine.started
+        self.live.update(Text.from_markup(
+            f"[bold]{engine.run.name}[/] | trials {engine.finished_trials} done, {engine.failed_trials} failed | "
+            f"in flight {len(engine.inflight)} | proposing {len(engine.proposing)} | best {best_s} | "
+            f"cells {cov} | {elapsed / 60:.1f} min"))
+
+
+def _parse_seed_from(spec: str) -> tuple[Path, str | None]:
+    path, _, run = spec.partition(":")
+    return Path(path), (run or None)
+
+
+def _seed_sources(cfg: RunConfig, seed_file: Path | None) -> list[tuple[str, str, str]]:
+    """(source, operator, hypothesis) for generation 0's starting programs."""
+    if cfg.seed_from:
+        path, run_name = _parse_seed_from(cfg.seed_from)
+        prior = Store.open(path, readonly=True)
+        try:
+            run = prior.get_run(run_name) if run_name else prior.latest_run()
+            if run is None:
+                raise EvoError(f"{path} has no runs to seed from")
+            elites = prior.elites(run.id)[: cfg.top]
+            if not elites:
+                raise EvoError(f"run '{run.name}' in {path} has no elites to seed from")
+            return [(ind.source, "seed-from", f"from {path.name}:{run.name} #{ind.id} "
+                     f"({ind.val_bpb_mean:.4f}): {ind.hypothesis or ind.operator}") for _, ind in elites]
+        finally:
+            prior.close()
+    path = seed_file or SEED_TRAIN
+    if not path.is_file():
+        raise EvoError(f"seed file not found: {path} (give --seed-file PATH to a train.py)")
+    source = path.read_text()
+    try:
+        compile(source, str(path), "exec")
+    except SyntaxError as e:
+        raise EvoError(f"seed file {path} is not valid Python (line {e.lineno}: {e.msg})")
+    return [(source, "seed", f"seed: {path.name}")]
+
+
+def _make_operator(cfg: RunConfig, program_text: str, seed_source: str, console: Console):
+    if cfg.operator == "offline":
+        from evo.operators.offline import OfflineOperator
+
+        return OfflineOperator(device_kind=cfg.device_kind)
+    key = os.environ.get("ANTHROPIC_API_KEY")
+    if not key:
+        raise EvoError("--operator llm needs ANTHROPIC_API_KEY in the environment "
+                       "(export ANTHROPIC_API_KEY=...), or use --operator offline")
+    from evo.operators.llm import DEFAULT_MODEL, LLMOperator
+
+    return LLMOperator(model=cfg.model or DEFAULT_MODEL, max_dollars=cfg.max_llm_dollars, api_key=key,
+                       base_url=os.environ.get("ANTHROPIC_BASE_URL"), seed_source=seed_source)
+
+
+def run_command(*, db: Path, name: str | None, resume: bool, config_file: Path | None, seed_file: Path | None,
+                program: Path | None, data_dir: Path | None, console: Console, flags: dict) -> None:
+    import torch
+
+    from evo.cli import resolve_dataset
+
+    store_exists = db.exists()
+    if resume:
+        if not store_exists:
+            raise EvoError(f"nothing to resume: {db} does not exist")
+        store = Store.open(db)
+        run = store.get_run(name) if name else store.latest_run()
+        if run is None:
+            raise EvoError(f"nothing to resume: {db} has no runs")
+        if run.status == "finished":
+            console.print(f"run '{run.name}' already finished; resuming extends it with the current stop flags")
+        cfg = RunConfig.from_dict(run.config)
+        for key in ("generations", "trials", "hours"):  # stop conditions may be changed on resume
+            if flags.get(key) is not None:
+                setattr(cfg, key, flags[key])
+        seed_text = store.get_individual(store.individuals(run.id, generation=0)[0].id).source
+    else:
+        settings = load_toml(config_file) if config_file else {}
+        settings.update({k: v for k, v in flags.items() if v is not None})
+        cfg = RunConfig.from_dict(settings)
+        cuda = cfg.device != "cpu" and torch.cuda.is_available()
+        cfg.device_kind = "cuda" if cuda else "cpu"
+        if "budget" not in settings:
+            cfg.budget = GPU_BUDGET if cuda else CPU_BUDGET
+        if cfg.operator == "auto":
+            cfg.operator = "llm" if os.environ.get("ANTHROPIC_API_KEY") else "offline"
+            console.print(f"operator: {cfg.operator}" + ("" if cfg.operator == "llm" else
+                          " (no ANTHROPIC_API_KEY set: hyperparameter mutations through the syntax tree)"))
+        program_path = program or REPO_PROGRAM
+        if program and not program.is_file():
+            raise EvoError(f"--program {program}: no such file")
+        program_text = program_path.read_text() if program_path.is_file() else ""
+        seeds = _seed_sources(cfg, seed_file)
+        seed_text = seeds[0][0]
+        store = Store.open(db, create=True)  # refuses a file that is not an archive, writing nothing
+        if name and any(r.name == name for r in store.list_runs()):
+            raise EvoError(f"run '{name}' already exists in {db} (use --resume to continue it, or another --name)")
+        dataset = resolve_dataset(data_dir, prepare_if_missing=True)
+        cfg.dataset_dir = str(dataset.path)
+        run = store.create_run(name or time.strftime("run-%Y%m%d-%H%M%S"), cfg.to_dict(), dataset.hash, program_text)
+        for source, op, hyp in seeds:
+            store.add_individual(run.id, source, [], op, hyp, generation=0)
+    if not Path(cfg.dataset_dir, "manifest.json").exists():
+        raise EvoError(f"the run's data {cfg.dataset_dir} is gone (run `evo prepare` again)")
+    store.update_run(run.id, status="running")
+    operator = _make_operator(cfg, run.program_text or "", seed_text, console)
+    executor = LocalExecutor(local_slots(cfg.device, cfg.workers))
+    reporter = ConsoleReporter(console)
+    engine = Engine(store, store.get_run(run.id), cfg, operator, executor, reporter)
+    stop = (f"{cfg.generations} generations" if cfg.generations is not None else
+            f"{cfg.trials} trials" if cfg.trials is not None else
+            f"{cfg.hours} h" if cfg.hours else "Ctrl-C (no --generations/--trials/--hours given)")
+    console.print(f"[bold]evo run[/] '{run.name}' in {db}: population {cfg.population}, budget {cfg.budget:g}s, "
+                  f"operator {cfg.operator}, {executor.size} worker(s) on {executor.slots[0].name}, until {stop}")
+    try:
+        with Live(Text(""), console=console, refresh_per_second=2, transient=True) as live:
+            reporter.live = live
+            engine.run_loop()
+    except KeyboardInterrupt:
+        console.print(f"\nstopped. Finished trials are kept; continue with: evo run --resume --name {run.name} --db {db}")
+        raise SystemExit(130)
+    finally:
+        reporter.live = None
+    _print_summary(store, run, console)
+    store.close()
+
+
+def _print_summary(store: Store, run, console: Console) -> None:
+    best = store.best(run.id, 3)
+    elites = store.elites(run.id)
+    console.print(f"[bold]done[/]: {len(store.trials(run.id, status='done'))} trials, {len(elites)} elites")
+    for ind in best:
+        console.print(f"  #{ind.id} val_bpb {ind.val_bpb_mean:.4f} ± {ind.val_bpb_sd or 0:.4f} "
+                      f"(n={ind.n_ok}) {ind.hypothesis or ''}")
+    console.print("browse: evo elites | evo show ID | evo plot | evo ui")
+
+
+def add_run_command(main: click.Group, data_dir_option) -> None:
+    def positive_int(ctx, param, value):
+        if value is not None and value < 1:
+            raise click.BadParameter(f"must be at least 1, got {value}")
+        return value
+
+    def positive(ctx, param, value):
+        if value is not None and value <= 0:
+            raise click.BadParameter(f"must be greater than 0, got {value}")
+        return value
+
+    @main.command("run")
+    @click.option("--population", type=int, default=None, callback=positive_int, help="Children per generation [16].")
+    @click.option("--budget", type=float, default=None, callback=positive, help="Training seconds per trial [8 CPU, 300 GPU].")
+    @click.option("--generations", type=int, default=None, callback=positive_int, help="Stop after N generations.")
+    @click.option("--trials", type=int, default=None, callback=positive_int, help="Stop after N finished trials.")
+    @click.option("--hours", type=float, default=None, callback=positive, help="Stop dispatching after H hours.")
+    @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=Path("archive.db"), show_default=True)
+    @click.option("--name", default=None, help="Run name [run-DATE-TIME]; with --resume, the run to continue.")
+    @click.option("--resume", is_flag=True, help="Continue a stopped run (the latest, or --name).")
+    @click.option("--operator", type=click.Choice(["auto", "offline", "llm"]), default=None,
+                  help="Variation operator [auto: llm if ANTHROPIC_API_KEY is set, else offline].")
+    @click.option("--seed-file", type=click.Path(path_type=Path), default=None, help="train.py to start from [trainer/train.py].")
+    @click.option("--seed-from", default=None, metavar="DB[:RUN]", help="Start from the best elites of a prior run.")
+    @click.option("--top", type=int, default=None, callback=positive_int, help="With --seed-from: how many elites [8].")
+    @click.option("--program", type=click.Path(path_type=Path), default=None, help="Research program for the LLM [program.md].")
+    @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                  help="evo.toml with settings (grid bins, noise seeds, ...).")
+    @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N.")
+    @click.option("--workers", type=int, default=None, callback=positive_int, help="Parallel trials [one per GPU; 1 on CPU].")
+    @click.option("--noise-seeds", type=int, default=None, callback=positive_int, help="Seeds for the noise measurement [3].")
+    @click.option("--model", default=None, help="LLM model id.")
+    @click.option("--max-llm-dollars", type=float, default=None, callback=positive, help="Stop calling the LLM past this spend.")
+    @data_dir_option
+    def run(db, name, resume, seed_file, program, config_file, data_dir, **flags):
+        """Evolve train.py variants into a MAP-Elites archive (archive.db + archive.git)."""
+        from evo.cli import console
+
+        if flags.get("operator") is None and not resume:
+            flags["operator"] = "auto"
+        run_command(db=db, name=name, resume=resume, config_file=config_file, seed_file=seed_file, program=program,
+                    data_dir=data_dir, console=console, flags=flags)
