@@ -88,6 +88,7 @@ class Individual(Base):
     __table_args__ = (
         UniqueConstraint("run_id", "source_hash", name="uq_individuals_run_source"),
         Index("ix_individuals_run_cell", "run_id", "cell"),
+        Index("ix_individuals_run_status", "run_id", "status"),
         Index("ix_individuals_run_score", "run_id", "val_bpb_mean"),
         Index("ix_individuals_run_generation", "run_id", "generation"),
         Index("ix_individuals_source_hash", "source_hash"),
@@ -98,7 +99,6 @@ class Individual(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
-    source: Mapped[str | None] = mapped_column(Text)
     source_hash: Mapped[str | None] = mapped_column(String(64))
     commit: Mapped[str | None] = mapped_column(String(40))
     parent1_id: Mapped[int | None] = mapped_column(ForeignKey("individuals.id"))
@@ -116,6 +116,10 @@ class Individual(Base):
     n_trials: Mapped[int] = mapped_column(Integer, default=0)
     descriptors: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     cell: Mapped[str | None] = mapped_column(String(64))
+    # Last, so SQLite keeps the small columns before it in the row's first page and scans never
+    # walk a source's overflow pages; deferred, so listing 10,000 individuals does not read
+    # 10,000 files: only `Store.get_individual` loads it (elsewhere reading it raises).
+    source: Mapped[str | None] = mapped_column(Text, deferred=True, deferred_raiseload=True)
 
     @property
     def parents(self) -> list[int]:

@@ -9,6 +9,8 @@ repository of the variants (`archive.db` → `archive.git/` next to it). Rules t
   never blocked by it. Writes from the engine's threads are also serialised by a process lock,
   so they queue on that rather than on SQLite's sleep-and-retry busy handler.
 - Objects returned are detached snapshots (plain attribute access works, nothing lazy-loads).
+  An individual's `source` is only loaded by `get_individual`: lists never need it, and it is
+  most of the archive's bytes.
 - An archive is only ever created in a missing or empty file: anything else that is not
   already an evo archive is refused before a single byte is written to it.
 - Errors a user can cause are `ArchiveError` with a one-line message.
@@ -30,7 +32,7 @@ from urllib.parse import quote
 from sqlalchemy import URL, Engine, create_engine, event, func, inspect, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from population.gitstore import GitStore
 from population.mapelites import Grid, replaces
@@ -40,6 +42,7 @@ from population.models import (
     RESULT_COLUMNS,
     RUN_STATUSES,
     SCHEMA_VERSION,
+    TRIAL_STATUSES,
     Base,
     Elite,
     GenerationStat,
@@ -181,11 +184,11 @@ class Store:
         try:
             if exists:
                 _check_schema(engine, shown)
-            else:
+            git = _open_git(engine, shown, readonly, git_path, exists)
+            if not exists:
                 with engine.begin() as conn:
                     Base.metadata.create_all(conn)
                     conn.execute(Meta.__table__.insert(), {"key": "schema_version", "value": str(SCHEMA_VERSION)})
-            git = _open_git(engine, shown, readonly, git_path)
         except BaseException:
             engine.dispose()
             raise
@@ -315,19 +318,19 @@ class Store:
             ))
 
     def get_individual(self, ref: int | str, run_id: int | None = None) -> Individual:
-        """An individual by id, or by a prefix (at least 4 hex characters) of its source hash
-        or git commit, like git's short shas. A string of digits is tried as an id first."""
+        """An individual, source included, by id or by a prefix (at least 4 hex characters) of
+        its source hash or git commit, like git's short shas. Digits are tried as an id first."""
         text = str(ref).strip().lower()
         with self._reader() as s:
             if isinstance(ref, int) or text.isdigit():
-                ind = s.get(Individual, int(text))
+                ind = s.get(Individual, int(text), options=[undefer(Individual.source)])
                 if ind is not None and (run_id is None or ind.run_id == run_id):
                     return ind
                 if isinstance(ref, int) or len(text) < 4:
                     raise ArchiveError(f"no individual {ref} in {self.name}" + _in_run(run_id))
             if len(text) < 4 or not _HEX.fullmatch(text):
                 raise ArchiveError(f"'{ref}' is neither an individual id nor a hex prefix of 4+ characters")
-            query = select(Individual).where(
+            query = select(Individual).options(undefer(Individual.source)).where(
                 or_(_prefix(Individual.source_hash, text), _prefix(Individual.commit, text))
             )
             if run_id is not None:
@@ -351,8 +354,8 @@ class Store:
         order: str = "id",
         limit: int | None = None,
     ) -> list[Individual]:
-        """A run's individuals, filtered; `order` is "id" (oldest first) or "val_bpb" (best
-        first, unscored last)."""
+        """A run's individuals (without source), filtered; `order` is "id" (oldest first) or
+        "val_bpb" (best first, unscored last)."""
         if status is not None and status not in INDIVIDUAL_STATUSES:
             raise ValueError(f"status must be one of {INDIVIDUAL_STATUSES}, not {status!r}")
         orders = {
@@ -473,7 +476,7 @@ class Store:
             "Evo-run": run_name, "Evo-individual": ind.id,
         })
         sha = self.git.commit(
-            ind.source or "",
+            s.scalar(select(Individual.source).where(Individual.id == ind.id)) or "",
             [commits[p] for p in ind.parents if commits.get(p)],
             ind.hypothesis or f"individual {ind.id}",
             trailers,
@@ -496,6 +499,8 @@ class Store:
         """Trials of a run and/or an individual, oldest first."""
         if run_id is None and individual_id is None:
             raise TypeError("trials() needs a run_id or an individual_id")
+        if status is not None and status not in TRIAL_STATUSES:
+            raise ValueError(f"status must be one of {TRIAL_STATUSES}, not {status!r}")
         query = select(Trial)
         if run_id is not None:
             query = query.where(Trial.run_id == run_id)
@@ -722,7 +727,9 @@ def _check_schema(engine: Engine, shown: str) -> None:
         )
 
 
-def _open_git(engine: Engine, shown: str, readonly: bool, git_path: Path | None) -> GitStore | None:
+def _open_git(
+    engine: Engine, shown: str, readonly: bool, git_path: Path | None, exists: bool
+) -> GitStore | None:
     """The archive's git store. A writer refuses to start a fresh repository when the archive
     already has commits: those live in the old one, and new commits could not name their
     parents (the repository was probably left behind when the archive file was copied)."""
@@ -731,13 +738,18 @@ def _open_git(engine: Engine, shown: str, readonly: bool, git_path: Path | None)
     if not (git_path / "objects").is_dir():
         if readonly:
             return None
-        with engine.connect() as conn:
-            committed = conn.scalar(select(Individual.id).where(Individual.commit.is_not(None)).limit(1))
-        if committed is not None:
+        if git_path.exists() and any(git_path.iterdir()):
+            raise ArchiveError(f"{git_path} exists but is not a git repository; refusing to write into it")
+        if exists and _has_commits(engine):
             raise ArchiveError(
                 f"git store {git_path} not found, but {shown} records commits in it (copy it along, or pass git_dir)"
             )
     return GitStore(git_path)
+
+
+def _has_commits(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        return conn.scalar(select(Individual.id).where(Individual.commit.is_not(None)).limit(1)) is not None
 
 
 def _get(s: Session, model: type, ident: int) -> Any:

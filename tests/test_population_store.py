@@ -124,6 +124,26 @@ def test_missing_git_store_is_refused_once_commits_exist(tmp_path):
         assert s.get_individual(1).commit
 
 
+def test_database_url_without_a_file(tmp_path):
+    with pytest.raises(ArchiveError, match="archive not found: sqlite://"):
+        Store.open("sqlite://")
+    with pytest.raises(ArchiveError, match="pass git_dir"):
+        Store.open("sqlite://", create=True)
+    with Store.open("sqlite://", create=True, git_dir=tmp_path / "variants.git") as s:
+        trained(s, s.create_run("a", {}), "x = 1\n")
+        assert s.get_individual(1).commit
+    assert (tmp_path / "variants.git" / "objects").is_dir()
+
+
+def test_foreign_git_dir_is_refused(tmp_path):
+    (tmp_path / "archive.git").mkdir()
+    (tmp_path / "archive.git" / "notes.txt").write_text("mine")
+    with pytest.raises(ArchiveError, match="archive.git exists but is not a git repository"):
+        Store.open(tmp_path / "archive.db", create=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive.git"]
+    assert sorted(p.name for p in (tmp_path / "archive.git").iterdir()) == ["notes.txt"]
+
+
 def test_reader_is_not_blocked_by_a_writer_holding_the_lock(tmp_path, store, run):
     reader = Store.open(tmp_path / "archive.db", readonly=True)
     writer = sqlite3.connect(tmp_path / "archive.db", isolation_level=None)
@@ -262,6 +282,15 @@ def test_individual_queries(store, run):
     assert len(store.individuals(run.id, limit=2)) == 2
     with pytest.raises(ValueError):
         store.individuals(run.id, order="name")
+
+
+def test_only_get_individual_loads_the_source(store, run):
+    ind = trained(store, run, "x = 1\n")
+    assert store.get_individual(ind.id).source == "x = 1\n"
+    assert store.get_individual(ind.commit[:8]).source == "x = 1\n"
+    [listed] = store.individuals(run.id)
+    with pytest.raises(Exception, match="source"):
+        listed.source
 
 
 def test_recent_failures(store, run):
