@@ -80,7 +80,9 @@ def _expand(paths: list[str]) -> list[tuple[Path, str]]:
         if not p.exists():
             raise CorpusError(f"corpus path not found: {p} (give existing files or directories)")
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+            # hidden files and everything under hidden directories (.git, .venv, ...) are not corpus
+            found = sorted(f for f in p.rglob("*")
+                           if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts))
             files.extend((f, f.relative_to(p).as_posix()) for f in found)
         else:
             files.append((p, p.name))
@@ -92,21 +94,11 @@ def file_documents(paths: list[str], val_fraction: float = 0.05, text_field: str
     for path, fname in _expand(paths):
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
-            with path.open(encoding="utf-8") as f:
-                for i, line in enumerate(f):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        raise CorpusError(f"{path}:{i + 1}: not valid JSON (expected one JSON object per line)")
-                    text = row.get(text_field) if isinstance(row, dict) else None
-                    if not isinstance(text, str):
-                        raise CorpusError(f"{path}:{i + 1}: no string field '{text_field}' (use --text-field)")
-                    name = f"{fname}:{i}"
-                    yield Document(name, text, split_of(name, val_fraction))
+            for i, text in _jsonl_texts(path, text_field):
+                name = f"{fname}:{i}"
+                yield Document(name, text, split_of(name, val_fraction))
         elif suffix == ".parquet":
-            for i, text in enumerate(parquet_texts(path, text_field)):
+            for i, text in parquet_rows(path, text_field):
                 name = f"{fname}:{i}"
                 yield Document(name, text, split_of(name, val_fraction))
         else:
@@ -121,19 +113,62 @@ def file_documents(paths: list[str], val_fraction: float = 0.05, text_field: str
                 yield Document(fname, text, split_of(fname, val_fraction))
 
 
-def parquet_texts(path: Path, text_field: str = "text") -> Iterator[str]:
+def _jsonl_texts(path: Path, text_field: str) -> Iterator[tuple[int, str]]:
+    """(line index, text) for each non-blank line; blank texts are skipped like blank files."""
+    with path.open("rb") as f:
+        for i, raw in enumerate(f):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise CorpusError(f"{path}:{i + 1}: not UTF-8 text (JSONL files must be UTF-8)") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise CorpusError(f"{path}:{i + 1}: not valid JSON (expected one JSON object per line)") from None
+            text = row.get(text_field) if isinstance(row, dict) else None
+            if not isinstance(text, str):
+                raise CorpusError(f"{path}:{i + 1}: no string field '{text_field}' (use --text-field)")
+            if text.strip():
+                yield i, _encodable(text)
+
+
+def _encodable(text: str) -> str:
+    """JSON can carry lone surrogates ("\\ud800") that UTF-8 cannot: replace them, as a decoder would."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", errors="replace").decode("utf-8")
+
+
+def parquet_rows(path: Path, text_field: str = "text") -> Iterator[tuple[int, str]]:
+    """(row index, text) for each non-blank row of a string column."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a damaged file
-        raise CorpusError(f"{path}: not a readable parquet file ({e.__class__.__name__})")
-    if text_field not in pf.schema_arrow.names:
-        raise CorpusError(f"{path}: no column '{text_field}' (columns: {', '.join(pf.schema_arrow.names)})")
+        raise CorpusError(f"{path}: not a readable parquet file ({e.__class__.__name__})") from None
+    schema = pf.schema_arrow
+    if text_field not in schema.names:
+        raise CorpusError(f"{path}: no column '{text_field}' (columns: {', '.join(schema.names)}; use --text-field)")
+    kind = schema.field(text_field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise CorpusError(f"{path}: column '{text_field}' holds {kind}, not text (use --text-field)")
+    i = 0
     for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
         for text in batch.column(0).to_pylist():
-            if text:
-                yield text
+            if text and text.strip():
+                yield i, text
+            i += 1
+
+
+def parquet_texts(path: Path, text_field: str = "text") -> Iterator[str]:
+    for _, text in parquet_rows(path, text_field):
+        yield text
 
 
 # --- climbmix -------------------------------------------------------------------------------
@@ -151,7 +186,7 @@ def climbmix_documents(shard_dir: Path, n_shards: int) -> Iterator[Document]:
     indices = [(i, "train") for i in range(n_shards)] + [(CLIMBMIX_MAX_SHARD, "val")]
     for index, split in indices:
         name = climbmix_shard_name(index)
-        for j, text in enumerate(parquet_texts(shard_dir / name)):
+        for j, text in parquet_rows(shard_dir / name):
             yield Document(f"{name}:{j}", text, split)
 
 

@@ -10,6 +10,7 @@ with exponential backoff; a file already in place with a recorded checksum is ke
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 import time
@@ -83,17 +84,22 @@ def download(
     if dest.exists() and sidecar.exists():
         return sidecar.read_text().strip()
     last: Exception | None = None
+    attempts = 0
     for attempt in range(retries + 1):
+        attempts += 1
         try:
             sha = _fetch_once(url, dest, timeout, on_bytes)
             sidecar.write_text(sha + "\n")
             return sha
-        except (urllib.error.URLError, OSError, DownloadError) as e:
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError, DownloadError) as e:
+            # HTTPException: a malformed or cut-off response (IncompleteRead, BadStatusLine, ...);
+            # ValueError: a garbled Content-Length. All of them are worth another try.
             last = e
-            if isinstance(e, urllib.error.HTTPError) and e.code == 404:
-                break  # retrying a missing file cannot help
+            if isinstance(e, urllib.error.HTTPError) and 400 <= e.code < 500 and e.code not in (408, 429):
+                break  # missing, forbidden, ...: retrying cannot help (timeouts and rate limits can)
             if attempt < retries:
                 time.sleep(backoff * (2**attempt))
     reason = last.args[0] if isinstance(last, DownloadError) else f"{type(last).__name__}: {last}"
-    raise DownloadError(f"could not download {url} after {retries + 1} attempts ({reason})")
+    plural = "attempt" if attempts == 1 else "attempts"
+    raise DownloadError(f"could not download {url} after {attempts} {plural} ({reason})")
 

@@ -60,7 +60,12 @@ def _documents(source, paths, shards, val_fraction, text_field, data_dir, consol
         return list(corpus.file_documents(paths, val_fraction, text_field))
     if source == "climbmix":
         return list(corpus.climbmix_documents(download_climbmix(data_dir, shards, console), shards))
-    raise corpus.CorpusError(f"unknown source '{source}' (expected one of: {', '.join(SOURCES)})")
+    raise _unknown_source(source)
+
+
+def _unknown_source(source: str) -> corpus.CorpusError:
+    hint = f"; for local files: evo prepare files {source}" if Path(source).exists() else ""
+    return corpus.CorpusError(f"unknown source '{source}' (expected one of: {', '.join(SOURCES)}){hint}")
 
 
 def download_climbmix(data_dir: Path, shards: int, console=None) -> Path:
@@ -109,7 +114,9 @@ def prepare(
 ) -> Dataset:
     """Prepare (or find cached) token files; returns the Dataset. Errors are one-line exceptions."""
     if source not in SOURCES:
-        raise corpus.CorpusError(f"unknown source '{source}' (expected one of: {', '.join(SOURCES)})")
+        raise _unknown_source(source)
+    if paths and source != "files":
+        raise corpus.CorpusError(f"source '{source}' takes no PATH (for local files: evo prepare files PATH...)")
     if not 0 < val_fraction < 1:
         raise corpus.CorpusError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     data_dir = Path(data_dir) if data_dir else default_data_dir()
@@ -120,9 +127,11 @@ def prepare(
 
     with _stage(console, f"reading the {source} corpus"):
         docs = _documents(source, paths, shards, val_fraction, text_field, data_dir, console)
+    # What the tokens are made of: each document's name, text and split (so a new --val-fraction
+    # or --text-field is a new dataset, never the cached one).
     inputs = hashlib.sha256()
     for d in docs:
-        inputs.update(d.name.encode() + b"\0" + hashlib.sha256(d.text.encode()).digest())
+        inputs.update(d.name.encode() + b"\0" + d.split.encode() + b"\0" + hashlib.sha256(d.text.encode()).digest())
     inputs_sha = inputs.hexdigest()
 
     if not force and (out / "manifest.json").exists():
@@ -132,6 +141,9 @@ def prepare(
                 console.print(f"[dim]prepare:[/] cached, nothing to do: {out}")
             return ds
 
+    if not docs:
+        where = ", ".join(paths) if source == "files" and paths else f"the {source} corpus"
+        raise corpus.CorpusError(f"no text documents found in {where} (expected text, .jsonl or .parquet files)")
     train_docs = [d for d in docs if d.split == "train"]
     val_docs = [d for d in docs if d.split == "val"]
     if not train_docs or not val_docs:
@@ -191,14 +203,28 @@ def prepare(
 
 
 def find_dataset(data_dir: str | Path | None = None, source: str = "stdlib", vocab_size: int | None = None) -> Dataset:
-    """The prepared dataset a trial should use, or a one-line DatasetError saying what to run."""
+    """The prepared dataset a trial should use, or a one-line DatasetError saying what to run.
+
+    `data_dir` may be a prepared dataset itself, or the directory `evo prepare` writes into. There,
+    `source`'s data is preferred (at the device's default vocabulary); failing that, the only
+    dataset prepared from any other source. Several others are ambiguous: the error names them.
+    """
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     if not data_dir.exists():
         raise DatasetError(f"data dir {data_dir} does not exist (run `evo prepare` or pass --data-dir)")
+    if (data_dir / "manifest.json").exists():
+        return Dataset(data_dir)
     if vocab_size:
         return Dataset(data_dir / dataset_name(source, vocab_size))
     candidates = sorted(data_dir.glob(f"{source}-v*/manifest.json"))
-    if not candidates:
-        raise DatasetError(f"no prepared '{source}' data in {data_dir} (run `evo prepare` first)")
-    preferred = data_dir / dataset_name(source, default_vocab_size()) / "manifest.json"
-    return Dataset((preferred if preferred in candidates else candidates[0]).parent)
+    if candidates:
+        preferred = data_dir / dataset_name(source, default_vocab_size()) / "manifest.json"
+        return Dataset((preferred if preferred in candidates else candidates[0]).parent)
+    others = sorted(p.parent for p in data_dir.glob("[!.]*/manifest.json"))
+    if len(others) == 1:
+        return Dataset(others[0])
+    if others:
+        names = ", ".join(p.name for p in others)
+        raise DatasetError(f"several prepared datasets in {data_dir} ({names}) and none from '{source}': "
+                           f"choose one with --data-dir {data_dir / others[0].name}")
+    raise DatasetError(f"no prepared data in {data_dir} (run `evo prepare` first, or pass --data-dir)")
