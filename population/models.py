@@ -61,7 +61,7 @@ class Meta(Base):
 
 class Run(Base):
     """One `evo run`: its config is everything needed to resume it (budget, population size,
-    grid, operator, seeds), so `evo run --resume` needs no flags repeated."""
+    grid, operator, seeds), so resuming a run needs none of its flags repeated."""
 
     __tablename__ = "runs"
 

@@ -296,7 +296,7 @@ class Store:
                     hypothesis=hypothesis, generation=generation, status="pending",
                     **_parent_columns(parents),
                 ))
-        raise DuplicateSource(existing)  # outside the transaction, whose rollback would expire it
+        raise DuplicateSource(existing)  # raised out here: a rollback would expire `existing`
 
     def add_rejected(
         self,
@@ -444,7 +444,8 @@ class Store:
         """
         if "outcome" not in result:
             raise ValueError("a trial result needs an 'outcome'")
-        with self._write() as s:
+        # no autoflush: the trial and the individual are written once, at commit
+        with self._write() as s, s.no_autoflush:
             trial = _get(s, Trial, trial_id)
             if trial.status == "done":
                 raise ArchiveError(f"trial {trial_id} is already finished")
@@ -457,7 +458,7 @@ class Store:
             trial.extra = extra or None
             trial.status = "done"
             trial.finished_at = utcnow()
-            ind = _get(s, Individual, trial.individual_id)
+            ind = s.get(Individual, trial.individual_id, options=[undefer(Individual.source)])
             _refresh_aggregates(s, ind)
             if ind.commit is None and self.git is not None:
                 ind.commit = self._commit(s, ind, trial)
@@ -476,7 +477,7 @@ class Store:
             "Evo-run": run_name, "Evo-individual": ind.id,
         })
         sha = self.git.commit(
-            s.scalar(select(Individual.source).where(Individual.id == ind.id)) or "",
+            ind.source or "",
             [commits[p] for p in ind.parents if commits.get(p)],
             ind.hypothesis or f"individual {ind.id}",
             trailers,
@@ -518,7 +519,8 @@ class Store:
     def delete_trial(self, trial_id: int) -> None:
         """Drop a cut-off trial so resume can run its (individual, seed) again. Finished trials
         are the record and cannot be deleted."""
-        with self._write() as s:
+        # no autoflush: the trial and the individual are written once, at commit
+        with self._write() as s, s.no_autoflush:
             trial = _get(s, Trial, trial_id)
             if trial.status == "done":
                 raise ArchiveError(f"trial {trial_id} is finished; finished trials are never deleted")
@@ -545,14 +547,18 @@ class Store:
             run_name = self._run_name(s, ind.run_id)
             cell = grid.cell(ind.descriptors) if ind.n_ok else None
             ind.cell = grid.key(cell) if cell is not None else None
-            held = s.scalar(select(Elite).where(Elite.run_id == ind.run_id, Elite.individual_id == ind.id))
-            if held is not None and held.cell == ind.cell:
+            # the cell it held, if any, and the one it now belongs to (often the same row)
+            rows = s.scalars(select(Elite).where(
+                Elite.run_id == ind.run_id, or_(Elite.individual_id == ind.id, Elite.cell == ind.cell)
+            )).all()
+            held = next((e for e in rows if e.individual_id == ind.id), None)
+            elite = next((e for e in rows if e.cell == ind.cell), None)
+            if held is not None and held is elite:
                 return True
             if held is not None:
                 self._vacate(s, run_name, held)
             if ind.cell is None:
                 return False
-            elite = s.scalar(select(Elite).where(Elite.run_id == ind.run_id, Elite.cell == ind.cell))
             if elite is None:
                 elite = _add(s, Elite(run_id=ind.run_id, cell=ind.cell, individual_id=ind.id))
             else:
@@ -791,8 +797,10 @@ def _failure(ind: Individual, outcome: str | None, stderr_tail: str, message: st
 
 
 def _refresh_aggregates(s: Session, ind: Individual) -> None:
-    """Recompute the individual's cached scores from its finished trials (a handful of rows)."""
-    done = list(s.scalars(select(Trial).where(Trial.individual_id == ind.id, Trial.status == "done")))
+    """Recompute the individual's cached scores from its finished trials (a handful of rows).
+    Filters in Python so that a trial finished in this session but not yet flushed counts."""
+    trials = s.scalars(select(Trial).where(Trial.individual_id == ind.id))
+    done = [t for t in trials if t.status == "done"]
     ok = [t for t in done if t.ok and t.val_bpb is not None]
     scores = [t.val_bpb for t in ok]
     ind.status = "trained"

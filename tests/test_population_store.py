@@ -1,6 +1,8 @@
 import hashlib
 import itertools
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
@@ -482,3 +484,8 @@ def test_llm_calls(store, run):
         store.record_llm_call(run.id, None, {"price": 1})
     with pytest.raises(ValueError):
         store.record_llm_call(run.id, None, {"role": "judge"})
+
+
+def test_population_imports_neither_evo_nor_trainer():
+    code = "import sys, population; print(sorted({m.split('.')[0] for m in sys.modules} & {'evo', 'trainer'}))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
