@@ -73,9 +73,13 @@ def prepare(source, paths, data_dir, vocab_size, shards, val_fraction, text_fiel
 
 
 def resolve_dataset(data_dir: Path | None, prepare_if_missing: bool):
-    """The default prepared dataset; prepares the embedded stdlib corpus first if asked to."""
+    """The dataset to train on: `data_dir` itself if it is a prepared dataset, else the default
+    one inside it; prepares the embedded stdlib corpus first if asked to."""
+    from trainer.dataset import Dataset
     from trainer.prepare import find_dataset, prepare as run_prepare
 
+    if data_dir is not None and (data_dir / "manifest.json").exists():
+        return Dataset(data_dir)
     try:
         return find_dataset(data_dir)
     except DatasetError:

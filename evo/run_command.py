@@ -16,9 +16,8 @@ from rich.live import Live
 from rich.text import Text
 
 from evo.config import CPU_BUDGET, GPU_BUDGET, RunConfig, load_toml
-from evo.engine import Engine, Reporter
+from evo.engine import Reporter
 from evo.errors import EvoError
-from evo.executors import LocalExecutor, local_slots
 from population.store import Store
 
 REPO_PROGRAM = Path(__file__).resolve().parent.parent / "program.md"
@@ -81,7 +80,7 @@ def _seed_sources(cfg: RunConfig, seed_file: Path | None) -> list[tuple[str, str
             elites = prior.elites(run.id)[: cfg.top]
             if not elites:
                 raise EvoError(f"run '{run.name}' in {path} has no elites to seed from")
-            return [(ind.source, "seed-from", f"from {path.name}:{run.name} #{ind.id} "
+            return [(prior.get_individual(ind.id).source, "seed-from", f"from {path.name}:{run.name} #{ind.id} "
                      f"({ind.val_bpb_mean:.4f}): {ind.hypothesis or ind.operator}") for _, ind in elites]
         finally:
             prior.close()
@@ -96,7 +95,7 @@ def _seed_sources(cfg: RunConfig, seed_file: Path | None) -> list[tuple[str, str
     return [(source, "seed", f"seed: {path.name}")]
 
 
-def _make_operator(cfg: RunConfig, program_text: str, seed_source: str, console: Console):
+def _make_operator(cfg: RunConfig, seed_source: str):
     if cfg.operator == "offline":
         from evo.operators.offline import OfflineOperator
 
@@ -116,6 +115,8 @@ def run_command(*, db: Path, name: str | None, resume: bool, config_file: Path |
     import torch
 
     from evo.cli import resolve_dataset
+    from evo.engine import Engine
+    from evo.executors import LocalExecutor, local_slots
 
     store_exists = db.exists()
     if resume:
@@ -131,7 +132,7 @@ def run_command(*, db: Path, name: str | None, resume: bool, config_file: Path |
         for key in ("generations", "trials", "hours"):  # stop conditions may be changed on resume
             if flags.get(key) is not None:
                 setattr(cfg, key, flags[key])
-        seed_text = store.get_individual(store.individuals(run.id, generation=0)[0].id).source
+        operator = _make_operator(cfg, store.get_individual(store.individuals(run.id, generation=0)[0].id).source)
     else:
         settings = load_toml(config_file) if config_file else {}
         settings.update({k: v for k, v in flags.items() if v is not None})
@@ -150,6 +151,7 @@ def run_command(*, db: Path, name: str | None, resume: bool, config_file: Path |
         program_text = program_path.read_text() if program_path.is_file() else ""
         seeds = _seed_sources(cfg, seed_file)
         seed_text = seeds[0][0]
+        operator = _make_operator(cfg, seed_text)  # a missing key fails here, before any write
         store = Store.open(db, create=True)  # refuses a file that is not an archive, writing nothing
         if name and any(r.name == name for r in store.list_runs()):
             raise EvoError(f"run '{name}' already exists in {db} (use --resume to continue it, or another --name)")
@@ -161,7 +163,6 @@ def run_command(*, db: Path, name: str | None, resume: bool, config_file: Path |
     if not Path(cfg.dataset_dir, "manifest.json").exists():
         raise EvoError(f"the run's data {cfg.dataset_dir} is gone (run `evo prepare` again)")
     store.update_run(run.id, status="running")
-    operator = _make_operator(cfg, run.program_text or "", seed_text, console)
     executor = LocalExecutor(local_slots(cfg.device, cfg.workers))
     reporter = ConsoleReporter(console)
     engine = Engine(store, store.get_run(run.id), cfg, operator, executor, reporter)

@@ -41,3 +41,41 @@ def dataset(corpus_dir, tmp_path_factory):
 
 def variant(name: str) -> str:
     return (VARIANTS / name).read_text()
+
+
+FAST_TOML = """
+eval_tokens = 4096
+eval_seq_len = 64
+noise_seeds = 2
+champion_seeds = 2
+"""
+
+
+def evo(*args, cwd=None, env=None, timeout=600, check=True):
+    """Run the real `evo` command in a subprocess."""
+    import os
+    import subprocess
+
+    proc = subprocess.run(["evo", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"evo {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def fast_toml(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "evo.toml"
+    path.write_text(FAST_TOML)
+    return path
+
+
+@pytest.fixture(scope="session")
+def short_run(dataset, fast_toml, tmp_path_factory):
+    """A real archive from a short `evo run` (offline operator, CPU, 1 s trials): what the
+    browser, export and consistency tests read. Returns (db path, run name)."""
+    work = tmp_path_factory.mktemp("short-run")
+    db = work / "archive.db"
+    evo("run", "--db", db, "--name", "short", "--population", 3, "--generations", 1, "--budget", 1,
+        "--config", fast_toml, "--data-dir", dataset.path, "--operator", "offline", cwd=work)
+    return db, "short"

@@ -34,7 +34,6 @@ import random
 import resource
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from trainer.dataset import Dataset
+from trainer.trial_config import CONFIG_ENV, TrialConfig
 
-CONFIG_ENV = "EVO_TRIAL_CONFIG"
 NAN_EXIT_CODE = 3
 CHEAT_EXIT_CODE = 4
 LOSS_DIVERGED = 100.0  # autoresearch's guard: a loss this high is a failed run, not a slow one
@@ -51,23 +50,6 @@ LOSS_DIVERGED = 100.0  # autoresearch's guard: a loss this high is a failed run,
 # Peak dense bf16 tensor throughput, for MFU. Unknown devices report no MFU rather than a guess.
 PEAK_FLOPS = {"H100": 989.5e12, "H200": 989.5e12, "H800": 989.5e12, "B200": 2250e12, "A100": 312e12,
               "L40S": 362e12, "A10G": 125e12, "RTX 4090": 165e12}
-
-
-@dataclass
-class TrialConfig:
-    """What the runner passes to a trial (as JSON, path in $EVO_TRIAL_CONFIG)."""
-
-    dataset_dir: str
-    result_path: str | None = None
-    seed: int = 0
-    device: str = "auto"
-    budget: float = 10.0
-    warmup_steps: int | None = None  # None: 3 on CUDA (compilation), 1 on CPU
-    eval_tokens: int | None = None  # None: 20,971,520 on CUDA (autoresearch), 65,536 on CPU
-    eval_seq_len: int | None = None  # None: 2048 on CUDA, 128 on CPU
-    threads: int | None = None
-    launch_time: float | None = None  # wall clock when the runner started the process
-    max_steps: int | None = None  # also stop after this many steps: makes a trial reproducible bit for bit
 
 
 def default_budget(device: str) -> float:

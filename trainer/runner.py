@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from trainer.harness import CONFIG_ENV, TrialConfig
+from trainer.trial_config import CONFIG_ENV, TrialConfig
 from trainer.outcomes import CANCELLED, classify
 
 STDERR_TAIL_CHARS = 3000
