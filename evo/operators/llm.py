@@ -135,7 +135,7 @@ class LLMOperator:
     def __init__(
         self,
         model: str = DEFAULT_MODEL,
-        temperature: float = 1.0,
+        temperature: float | None = None,
         max_tokens: int = 8192,
         max_dollars: float | None = None,
         base_url: str | None = None,
@@ -147,7 +147,9 @@ class LLMOperator:
     ):
         """`api_key` comes from the caller (who reads the environment); it is sent to the API and
         scrubbed from every error text this operator produces. `seed_source` is the run's
-        starting train.py, part of the cached prompt prefix; by default the packaged seed."""
+        starting train.py, part of the cached prompt prefix; by default the packaged seed.
+        `temperature` is sent only when given: the current SDK has no sampling parameters, so it
+        travels in the request body for models and gateways that still accept it."""
         self.model = model
         self.temperature = temperature
         self.max_tokens = max_tokens
@@ -244,9 +246,9 @@ class LLMOperator:
             response = self._client.messages.create(
                 model=self.model,
                 max_tokens=self.max_tokens,
-                temperature=self.temperature,
                 system=system,
                 messages=messages,
+                extra_body=None if self.temperature is None else {"temperature": self.temperature},
             )
         except anthropic.AnthropicError as e:
             record.update(outcome=_api_outcome(e), error=f"LLM call failed ({_api_outcome(e)}): {self._scrub(e)}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Union
 
 from evo.operators.base import ArchiveContext, ParentInfo, Proposal
-from evo.operators.validate import validate_child
+from evo.operators.validate import parse, validate_child
 
 Value = Union[bool, int, float]
 
@@ -47,7 +47,7 @@ class Constant:
 def read_constants(source: str, device_kind: str) -> dict[str, Constant]:
     """The editable constants of `source`, in file order; {} if it does not parse."""
     try:
-        tree = ast.parse(source)
+        tree = parse(source)
     except SyntaxError:
         return {}
     offsets = _LineOffsets(source)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import sys
+import threading
 
 # Third-party packages a variant may import: the ones the harness itself already needs.
 ALLOWED_PACKAGES = frozenset({"torch", "numpy"})
@@ -35,14 +36,25 @@ _SEED_MODULES = frozenset({"random", "numpy.random", "torch", "torch.random", "t
 _DYNAMIC_CODE = frozenset({"exec", "eval", "compile", "__import__"})
 
 
+_PARSE_LOCK = threading.Lock()
+
+
 class _Violation(Exception):
     pass
+
+
+def parse(source: str) -> ast.Module:
+    """ast.parse, one thread at a time: CPython 3.11 before 3.11.8 can fail concurrent parses with
+    "SystemError: AST constructor recursion depth mismatch" (gh-106905), and operators run in
+    several threads at once."""
+    with _PARSE_LOCK:
+        return ast.parse(source)
 
 
 def validate_child(source: str) -> str | None:
     """None if `source` may be trained, else a one-line reason it may not."""
     try:
-        tree = ast.parse(source)
+        tree = parse(source)
     except SyntaxError as e:
         return f"{SYNTAX_ERROR_PREFIX} at line {e.lineno}: {e.msg}"
     try:

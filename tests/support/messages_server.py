@@ -78,6 +78,11 @@ class Request:
         return content if isinstance(content, str) else "".join(b.get("text", "") for b in content)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the default listen backlog of 5 drops bursts of concurrent clients
+
+
 class MessagesServer:
     def __init__(
         self,
@@ -89,11 +94,13 @@ class MessagesServer:
         self.handler = handler
         self.latency = latency
         self.requests: list[Request] = []
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most requests answered at once: proof that callers overlap
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._cached_prefixes: set[str] = set()
         self._ids = itertools.count(1)
-        self._httpd: ThreadingHTTPServer | None = None
+        self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -107,8 +114,7 @@ class MessagesServer:
             self._script.extend(items)
 
     def __enter__(self) -> "MessagesServer":
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
         return self
@@ -128,7 +134,10 @@ class MessagesServer:
             if self._script:
                 return self._script.popleft()
         if self.handler is not None:
-            return self.handler(request)
+            try:
+                return self.handler(request)
+            except Exception as e:  # a broken test handler should fail the test, not hang up
+                return Fail(500, f"test handler raised {type(e).__name__}: {e}", error_type="api_error")
         return Fail(500, "the test server's script is exhausted", error_type="api_error")
 
     def _usage(self, request: Request, reply: Reply) -> dict:
@@ -172,6 +181,17 @@ class MessagesServer:
                 request = Request(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 if self.path.split("?")[0] != "/v1/messages":
                     return self._send(404, _error_body("not_found_error", f"no route {self.path}"))
+                with server._lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self._answer(request)
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def _answer(self, request: Request):
+                body = request.body
                 item = server._next(request)
                 if isinstance(item, str):
                     item = Reply(item)
