@@ -82,7 +82,10 @@ def test_prompt_carries_parent_results_and_archive_memory():
     other = ParentInfo(44, SEED, hypothesis="tiny model corner", val_bpb=2.1, n_trials=1, cell=(0, 1))
     context = ctx(
         elites=[elite, PARENT, other, other, other, ParentInfo(45, SEED, hypothesis="far cell", val_bpb=2.2, cell=(9, 9))],
-        failures=[{"hypothesis": "fp8 matmuls", "outcome": "crash", "stderr_tail": "RuntimeError: fp8 not supported"}],
+        failures=[
+            {"hypothesis": "fp8 matmuls", "outcome": "crash", "stderr_tail": "RuntimeError: fp8 not supported", "message": "exit 1"},
+            {"hypothesis": "", "outcome": "rejected", "stderr_tail": "", "message": "LLM call failed (overloaded)"},
+        ],
         tried_from_parent=["doubling SEQ_LEN", "removing the softcap"],
         noise_sd=0.0031,
     )
@@ -93,7 +96,8 @@ def test_prompt_carries_parent_results_and_archive_memory():
     assert "oom" in prompt and "torch.OutOfMemoryError: boom" in prompt
     assert "doubling SEQ_LEN" in prompt and "removing the softcap" in prompt
     assert "one more block" in prompt and "+DEPTH = 8 if CUDA else 3" in prompt
-    assert "fp8 matmuls" in prompt and "RuntimeError: fp8 not supported" in prompt
+    assert "fp8 matmuls — exit 1" in prompt and "RuntimeError: fp8 not supported" in prompt
+    assert "overloaded" not in prompt  # failures without an idea are left out
     assert "far cell" in prompt and "0.0031" in prompt
 
 

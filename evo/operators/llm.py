@@ -241,36 +241,38 @@ class LLMOperator:
         if not self._budget.reserve(estimate):
             record.update(outcome="budget", error=self._budget.spent_message())
             return None, record
-        start = time.monotonic()
-        try:
-            response = self._client.messages.create(
-                model=self.model,
-                max_tokens=self.max_tokens,
-                system=system,
-                messages=messages,
-                extra_body=None if self.temperature is None else {"temperature": self.temperature},
+        try:  # the reservation is settled whatever happens, or other threads would wait forever
+            start = time.monotonic()
+            try:
+                response = self._client.messages.create(
+                    model=self.model,
+                    max_tokens=self.max_tokens,
+                    system=system,
+                    messages=messages,
+                    extra_body=None if self.temperature is None else {"temperature": self.temperature},
+                )
+            except anthropic.AnthropicError as e:
+                outcome = _api_outcome(e)
+                record.update(outcome=outcome, error=f"LLM call failed ({outcome}): {self._scrub(e)}")
+                return None, record
+            finally:
+                record["latency_s"] = round(time.monotonic() - start, 3)
+            usage = response.usage
+            record.update(
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_read_tokens=usage.cache_read_input_tokens or 0,
+                cache_write_tokens=usage.cache_creation_input_tokens or 0,
             )
-        except anthropic.AnthropicError as e:
-            record.update(outcome=_api_outcome(e), error=f"LLM call failed ({_api_outcome(e)}): {self._scrub(e)}")
-            self._budget.settle(estimate, 0.0)
-            return None, record
+            record["cost_usd"] = call_cost(
+                self.model,
+                record["input_tokens"],
+                record["output_tokens"],
+                record["cache_read_tokens"],
+                record["cache_write_tokens"],
+            )
         finally:
-            record["latency_s"] = round(time.monotonic() - start, 3)
-        usage = response.usage
-        record.update(
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cache_read_tokens=usage.cache_read_input_tokens or 0,
-            cache_write_tokens=usage.cache_creation_input_tokens or 0,
-        )
-        record["cost_usd"] = call_cost(
-            self.model,
-            record["input_tokens"],
-            record["output_tokens"],
-            record["cache_read_tokens"],
-            record["cache_write_tokens"],
-        )
-        self._budget.settle(estimate, record["cost_usd"])
+            self._budget.settle(estimate, record["cost_usd"])
         text = "".join(block.text for block in response.content if block.type == "text")
         if response.stop_reason == "max_tokens":
             # A cut-off answer may parse yet miss its last blocks: never train half an edit.
@@ -370,7 +372,8 @@ def _mutation_prompt(parent: ParentInfo, ctx: ArchiveContext, room_chars: int) -
     others = [e for e in ctx.elites if e.id != parent.id]
     tried = room.fill([f"- {h}\n" for h in ctx.tried_from_parent])
     best = room.fill([_elite_with_diff(e, parent) for e in others[:_TOP_ELITES]])
-    failures = room.fill([_failure(f) for f in ctx.failures])
+    # A failure without a hypothesis (an API error, say) teaches nothing about ideas.
+    failures = room.fill([_failure(f) for f in ctx.failures if f.get("hypothesis")])
     cells = room.fill([f"- {_describe(e)}\n" for e in others[_TOP_ELITES:]])
     sections = [head]
     if ctx.noise_sd is not None:
@@ -451,7 +454,8 @@ def _tail(stderr: str) -> str:
 
 
 def _failure(f: dict) -> str:
-    return f"- {f.get('outcome', 'failed')}: {f.get('hypothesis') or '(no hypothesis)'}{_tail(f.get('stderr_tail') or '')}\n"
+    message = f" — {f['message']}" if f.get("message") else ""
+    return f"- {f.get('outcome', 'failed')}: {f['hypothesis']}{message}{_tail(f.get('stderr_tail') or '')}\n"
 
 
 def _elite_with_diff(e: ParentInfo, parent: ParentInfo) -> str:
