@@ -9,7 +9,9 @@ The engine commits once per trial, and its bookkeeping budget is a few milliseco
 (blob, tree and commit built and zlib'd in-process, as loose objects) and refs as loose ref files;
 no `git` process is spawned on that path. Every individual gets a ref
 (`refs/individuals/<run>/<id>`) so that no commit is ever unreachable: `git gc` would prune
-those, and `git log --all` would not show them.
+those, and `git log --all` would not show them. The store also keeps a branch per run on its
+best elite and HEAD on the newest run's branch, so a bare `git log` shows the champion's
+lineage.
 """
 
 from __future__ import annotations
@@ -93,16 +95,26 @@ class GitStore:
             return self._store(b"commit", body.encode()).hex()
 
     def set_ref(self, name: str, sha: str) -> None:
-        """Point `name` (e.g. `refs/elites/run1/3,5`) at `sha`, written as a loose ref file
-        (atomically: temp file + rename), which git prefers over any packed value."""
+        """Point `name` (e.g. `refs/elites/run1/3,5`) at `sha`, written as a loose ref file,
+        which git prefers over any packed value."""
         if not name.startswith("refs/") or ".." in name or not _SHA.fullmatch(sha):
             raise ValueError(f"bad ref update {name!r} -> {sha!r}")
-        target = self.path / name
+        self._write_file(self.path / name, sha + "\n")
+
+    def set_head(self, ref: str) -> None:
+        """Point HEAD at branch `ref` (e.g. `refs/heads/run1`), so that `git log` and `git show`
+        without a revision work in the repository."""
+        if not ref.startswith("refs/heads/") or ".." in ref:
+            raise ValueError(f"bad HEAD target {ref!r}")
+        self._write_file(self.path / "HEAD", f"ref: {ref}\n")
+
+    def _write_file(self, target: Path, text: str) -> None:
+        """Atomically (temp file + rename; git skips dot files while it scans refs)."""
         with self._lock:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".ref")
             with os.fdopen(fd, "w") as f:
-                f.write(sha + "\n")
+                f.write(text)
             os.replace(tmp, target)
 
     def delete_ref(self, name: str) -> None:

@@ -64,6 +64,9 @@ def test_refs(gs):
     assert git(gs.path, "rev-parse", "refs/elites/r1/3,5").strip() == sha
     gs.delete_ref("refs/elites/r1/3,5")
     assert "refs/elites" not in git(gs.path, "for-each-ref")
+    gs.set_ref("refs/heads/r1", other)
+    gs.set_head("refs/heads/r1")
+    assert git(gs.path, "log", "--format=%s").splitlines() == ["child", "the seed"]
     with pytest.raises(ValueError):
         gs.set_ref("HEAD", sha)
     with pytest.raises(ValueError):
@@ -106,6 +109,11 @@ def test_store_commits_each_individual_with_its_lineage(tmp_path):
         refs = git(repo, "for-each-ref", "--format=%(refname) %(objectname)").splitlines()
         assert f"refs/elites/night-1/1,2 {child.commit}" in refs
         assert f"refs/individuals/night-1/{b.id} {b.commit}" in refs
+        # the run's branch (and HEAD) follow the best elite: its lineage, its code
+        assert git(repo, "rev-parse", "HEAD", "night-1").split() == [child.commit, child.commit]
+        lineage = git(repo, "log", "--format=%s").splitlines()
+        assert lineage[0] == "both" and sorted(lineage) == ["both", "deeper", "raise lr", "the seed"]
+        assert git(repo, "show", "night-1:train.py") == "lr = 0.03\nlayers = 6\n"
         graph = git(repo, "log", "--graph", "--all", "--format=%s")
         assert all(h in graph for h in ("the seed", "raise lr", "deeper", "both"))
         git(repo, "fsck", "--strict", "--no-dangling")

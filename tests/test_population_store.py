@@ -423,6 +423,9 @@ def test_elite_replace_rule_respects_noise(store, run):
     better = trained(store, run, "x = 3\n", 0.95)  # better by more than noise
     assert store.tell(better.id, GRID, sigma) is True
     assert [i.id for _, i in store.elites(run.id)] == [better.id]
+    branch = subprocess.run(["git", f"--git-dir={store.git.path}", "rev-parse", "r1", "refs/elites/r1/1,2"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert branch == [better.commit, better.commit]
     # with no noise estimate a strict < decides
     tiny = trained(store, run, "x = 4\n", 0.949)
     assert store.tell(tiny.id, GRID, None) is True
