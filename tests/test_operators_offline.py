@@ -49,7 +49,7 @@ def test_mutation_changes_exactly_the_named_constants(device):
     op = OfflineOperator(device)
     rng = random.Random(1)
     before = values(SEED, device)
-    for _ in range(100):
+    for _ in range(60):
         p = op.mutate(ParentInfo(1, SEED), CTX, rng)
         assert p.rejected is None and p.operator == "offline" and p.parents == [1]
         ast.parse(p.source)
@@ -68,7 +68,7 @@ def test_only_the_devices_branch_changes_and_layout_survives(device, other):
     rng = random.Random(2)
     switched = [n for n, v in values(SEED, device).items() if values(SEED, other)[n] != v]
     assert "DEPTH" in switched and "MATRIX_LR" not in switched
-    for _ in range(100):
+    for _ in range(60):
         child = op.mutate(ParentInfo(1, SEED), CTX, rng).source
         theirs, ours = values(child, other), values(SEED, other)
         assert all(theirs[n] == ours[n] for n in switched)
@@ -85,9 +85,9 @@ def test_only_the_devices_branch_changes_and_layout_survives(device, other):
 def test_every_validity_rule_holds_over_long_random_walks(device):
     op = OfflineOperator(device)
     rng = random.Random(3)
-    for walk in range(6):
+    for walk in range(4):
         source = SEED
-        for _ in range(40):
+        for _ in range(30):
             p = op.mutate(ParentInfo(1, source), CTX, rng)
             assert p.rejected is None
             source = p.source
@@ -98,7 +98,7 @@ def test_weight_decay_steps_up_from_zero():
     op = OfflineOperator("cpu")
     rng = random.Random(4)
     decays = set()
-    for _ in range(150):
+    for _ in range(80):
         decays.add(values(op.mutate(ParentInfo(1, SEED), CTX, rng).source, "cpu")["WEIGHT_DECAY"])
     assert decays - {0.0}, "WEIGHT_DECAY never left 0"
 
@@ -200,7 +200,7 @@ def test_mutates_the_real_seed(device):
     source = REAL_SEED.read_text()
     op = OfflineOperator(device)
     rng = random.Random(8)
-    for _ in range(50):
+    for _ in range(20):
         p = op.mutate(ParentInfo(1, source), CTX, rng)
         assert p.rejected is None, p.rejected
         ast.parse(p.source)
