@@ -12,6 +12,8 @@ from pathlib import Path
 
 from evo.errors import EvoError
 
+# Trial measurements that can serve as behaviour descriptors (positive, so log scales work).
+DESCRIPTORS = ("params", "tokens", "steps", "peak_memory_mb", "tokens_per_second", "training_seconds")
 CPU_BUDGET = 8.0  # seconds: the README's main job fits ~10 minutes on 2 cores
 GPU_BUDGET = 300.0  # autoresearch's
 
@@ -65,4 +67,12 @@ def load_toml(path: Path) -> dict:
     unknown = set(data) - known
     if unknown:
         raise EvoError(f"{path}: unknown settings {sorted(unknown)} (known: {', '.join(sorted(known))})")
+    if "grid" in data:
+        grid = {**RunConfig().grid, **data["grid"]}
+        bad = [d for d in grid["descriptors"] if d not in DESCRIPTORS]
+        if bad or not grid["descriptors"]:
+            raise EvoError(f"{path}: [grid] descriptors must be trial measurements from {', '.join(DESCRIPTORS)}")
+        if not isinstance(grid["bins"], int) or grid["bins"] < 1:
+            raise EvoError(f"{path}: [grid] bins must be a positive integer")
+        data["grid"] = grid
     return data

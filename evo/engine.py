@@ -278,7 +278,16 @@ class Engine:
             if result.ok and not elite:
                 self._maybe_promising(task.individual_id)
         ind = self.store.get_individual(task.individual_id)
+        if task.kind == "retrain" and elite and ind.cell is not None:
+            self._rechallenge(ind)
         self.reporter.trial_done(self, ind, result, elite, task.kind)
+
+    def _rechallenge(self, elite) -> None:
+        """A re-train moved an elite's mean; let the best rival in its cell challenge it again."""
+        rivals = self.store.individuals(self.run.id, cell=elite.cell, order="val_bpb", limit=2)
+        rival = next((r for r in rivals if r.id != elite.id and r.n_ok), None)
+        if rival is not None:
+            self.store.tell(rival.id, self.grid, self.noise_sd)
 
     def _maybe_promising(self, individual_id: int) -> None:
         """Better than its cell's elite in the mean but not beyond noise: earn it another seed."""

@@ -134,6 +134,9 @@ def run_command(*, db: Path, name: str | None, resume: bool, config_file: Path |
                 setattr(cfg, key, flags[key])
         operator = _make_operator(cfg, store.get_individual(store.individuals(run.id, generation=0)[0].id).source)
     else:
+        if config_file is None and Path("evo.toml").is_file():
+            config_file = Path("evo.toml")
+            console.print("settings: ./evo.toml")
         settings = load_toml(config_file) if config_file else {}
         settings.update({k: v for k, v in flags.items() if v is not None})
         cfg = RunConfig.from_dict(settings)
@@ -221,7 +224,7 @@ def add_run_command(main: click.Group, data_dir_option) -> None:
     @click.option("--top", type=int, default=None, callback=positive_int, help="With --seed-from: how many elites [8].")
     @click.option("--program", type=click.Path(path_type=Path), default=None, help="Research program for the LLM [program.md].")
     @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-                  help="evo.toml with settings (grid bins, noise seeds, ...).")
+                  help="Settings file (grid bins, noise seeds, ...) [./evo.toml if present].")
     @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N.")
     @click.option("--workers", type=int, default=None, callback=positive_int, help="Parallel trials [one per GPU; 1 on CPU].")
     @click.option("--noise-seeds", type=int, default=None, callback=positive_int, help="Seeds for the noise measurement [3].")
