@@ -12,55 +12,12 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.live import Live
-from rich.text import Text
 
 from evo.config import CPU_BUDGET, GPU_BUDGET, RunConfig, load_toml
-from evo.engine import Reporter
 from evo.errors import EvoError
-from population.store import Store
 
 REPO_PROGRAM = Path(__file__).resolve().parent.parent / "program.md"
 SEED_TRAIN = Path(__file__).resolve().parent.parent / "trainer" / "train.py"
-
-
-class ConsoleReporter(Reporter):
-    """A log line per trial and per generation, and a live status line under them."""
-
-    def __init__(self, console: Console):
-        self.console = console
-        self.live: Live | None = None
-
-    def _print(self, text) -> None:
-        (self.live.console if self.live else self.console).print(text)
-
-    def message(self, text: str) -> None:
-        self._print(f"[dim]{time.strftime('%H:%M:%S')}[/] {text}")
-
-    def trial_done(self, engine, ind, result, elite, kind) -> None:
-        score = f"{result.val_bpb:.4f}" if result.val_bpb is not None else result.outcome
-        mark = " [green]★ elite[/]" if elite and result.ok else ""
-        hyp = (ind.hypothesis or "").splitlines()[0][:70] if ind.hypothesis else ind.operator
-        fail = f" [red]{result.message[:60]}[/]" if not result.ok else ""
-        self.message(f"#{ind.id} g{ind.generation} {kind:7s} seed {result.seed} {score}{mark} [dim]{hyp}[/]{fail}")
-
-    def generation_done(self, engine, record) -> None:
-        best = f"{record['best']:.4f}" if record.get("best") is not None else "-"
-        self.message(f"[bold]generation {record['gen']}[/]: {record['trials']} trials, {record['failures']} failed, "
-                     f"best {best}, coverage {record['coverage']:.0%}, QD {record['qd_score']:.2f}")
-
-    def status(self, engine) -> None:
-        if self.live is None:
-            return
-        best = engine.store.best(engine.run.id, 1)
-        n_elites = len(engine.store.elites(engine.run.id)) if engine.grid else 0
-        best_s = f"{best[0].val_bpb_mean:.4f} (#{best[0].id}, n={best[0].n_ok})" if best else "-"
-        cov = f"{n_elites}/{engine.grid.n_cells}" if engine.grid else "-"
-        elapsed = time.time() - engine.started
-        self.live.update(Text.from_markup(
-            f"[bold]{engine.run.name}[/] | trials {engine.finished_trials} done, {engine.failed_trials} failed | "
-            f"in flight {len(engine.inflight)} | proposing {len(engine.proposing)} | best {best_s} | "
-            f"cells {cov} | {elapsed / 60:.1f} min"))
 
 
 def _parse_seed_from(spec: str) -> tuple[Path, str | None]:
@@ -70,6 +27,8 @@ def _parse_seed_from(spec: str) -> tuple[Path, str | None]:
 
 def _seed_sources(cfg: RunConfig, seed_file: Path | None) -> list[tuple[str, str, str]]:
     """(source, operator, hypothesis) for generation 0's starting programs."""
+    from population.store import Store
+
     if cfg.seed_from:
         path, run_name = _parse_seed_from(cfg.seed_from)
         prior = Store.open(path, readonly=True)
@@ -106,17 +65,24 @@ def _make_operator(cfg: RunConfig, seed_source: str):
                        "(export ANTHROPIC_API_KEY=...), or use --operator offline")
     from evo.operators.llm import DEFAULT_MODEL, LLMOperator
 
+    # Only what the user set is passed: the operator's own defaults stand for the rest.
+    options = {name: value for name, value in (("temperature", cfg.llm_temperature), ("timeout", cfg.llm_timeout),
+                                               ("max_retries", cfg.llm_max_retries)) if value is not None}
     return LLMOperator(model=cfg.model or DEFAULT_MODEL, max_dollars=cfg.max_llm_dollars, api_key=key,
-                       base_url=os.environ.get("ANTHROPIC_BASE_URL"), seed_source=seed_source)
+                       base_url=os.environ.get("ANTHROPIC_BASE_URL"), seed_source=seed_source, **options)
 
 
 def run_command(*, db: Path, name: str | None, resume: bool, config_file: Path | None, seed_file: Path | None,
                 program: Path | None, data_dir: Path | None, console: Console, flags: dict) -> None:
     import torch
+    from rich.live import Live
+    from rich.text import Text
 
     from evo.cli import resolve_dataset
     from evo.engine import Engine
     from evo.executors import LocalExecutor, local_slots
+    from evo.reporting import ConsoleReporter
+    from population.store import Store
 
     store_exists = db.exists()
     if resume:
@@ -187,7 +153,7 @@ def run_command(*, db: Path, name: str | None, resume: bool, config_file: Path |
     store.close()
 
 
-def _print_summary(store: Store, run, console: Console) -> None:
+def _print_summary(store, run, console: Console) -> None:
     best = store.best(run.id, 3)
     elites = store.elites(run.id)
     console.print(f"[bold]done[/]: {len(store.trials(run.id, status='done'))} trials, {len(elites)} elites")
@@ -229,7 +195,12 @@ def add_run_command(main: click.Group, data_dir_option) -> None:
     @click.option("--workers", type=int, default=None, callback=positive_int, help="Parallel trials [one per GPU; 1 on CPU].")
     @click.option("--noise-seeds", type=int, default=None, callback=positive_int, help="Seeds for the noise measurement [3].")
     @click.option("--model", default=None, help="LLM model id.")
-    @click.option("--max-llm-dollars", type=float, default=None, callback=positive, help="Stop calling the LLM past this spend.")
+    @click.option("--max-llm-dollars", type=float, default=None, callback=positive,
+                  help="Stop calling the LLM past this spend; the run then trains what it has and ends.")
+    @click.option("--temperature", "llm_temperature", type=float, default=None, help="LLM sampling temperature [the model's].")
+    @click.option("--llm-timeout", type=float, default=None, callback=positive, help="Seconds per LLM request [300].")
+    @click.option("--llm-max-retries", type=click.IntRange(min=0), default=None,
+                  help="Retries of a rate-limited, overloaded or timed-out LLM request [4].")
     @data_dir_option
     def run(db, name, resume, seed_file, program, config_file, data_dir, **flags):
         """Evolve train.py variants into a MAP-Elites archive (archive.db + archive.git)."""

@@ -106,6 +106,7 @@ class Harness:
         self.steps = 0
         self.tokens = 0
         self.training_seconds = 0.0
+        self._timed_tokens = 0  # tokens of the counted steps: throughput excludes the warmup
         self._last_loss: float | None = None
         self._last_log = 0.0
 
@@ -170,6 +171,7 @@ class Harness:
         self.tokens += tokens
         if self.steps > self.warmup_steps:
             self.training_seconds += now - self._last
+            self._timed_tokens += tokens
         elif self.steps == self.warmup_steps:
             self._warm_at = now
         self._last = now
@@ -258,7 +260,7 @@ class Harness:
         if not math.isfinite(val_bpb):
             self._write({"outcome": "nan", "params": params, "message": f"val_bpb is {val_bpb}"})
             sys.exit(NAN_EXIT_CODE)
-        tps = self.tokens / self.training_seconds if self.training_seconds > 0 else None
+        tps = self._timed_tokens / self.training_seconds if self.training_seconds > 0 else None
         result = {
             "outcome": "ok",
             "val_bpb": val_bpb,

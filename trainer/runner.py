@@ -91,6 +91,23 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+# Linux: before exec'ing the trial, ask the kernel to SIGKILL it if the coordinator dies, so a
+# coordinator killed mid-run leaves no orphan trial holding the GPU while the resumed run starts.
+# (A wrapper that exec's, because preexec_fn is unsafe in a threaded coordinator.)
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"  # PR_SET_PDEATHSIG
+    "if os.getppid() != int(sys.argv[1]): sys.exit(1)\n"  # the parent died before prctl took effect
+    "os.execv(sys.executable, [sys.executable, 'train.py'])\n"
+)
+
+
+def _command() -> list[str]:
+    if sys.platform.startswith("linux"):
+        return [sys.executable, "-S", "-c", _DIE_WITH_PARENT, str(os.getpid())]
+    return [sys.executable, "train.py"]
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -152,7 +169,7 @@ def run_trial(
         limit = limit or wall_limit(budget, device)
         with (work / "stdout.log").open("wb") as out, (work / "stderr.log").open("wb") as err:
             proc = subprocess.Popen(
-                [sys.executable, "train.py"], cwd=work, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                _command(), cwd=work, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                 env=scrubbed_env({CONFIG_ENV: str(work / "config.json"), **(env or {})}), start_new_session=True,
             )
             timed_out = cancelled = False

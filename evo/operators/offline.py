@@ -14,6 +14,7 @@ import math
 import random
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Iterable, Union
 
 from evo.operators.base import ArchiveContext, ParentInfo, Proposal
@@ -45,6 +46,13 @@ class Constant:
 
 
 def read_constants(source: str, device_kind: str) -> dict[str, Constant]:
+    """The module-level constants this operator can change (a fresh dict over a cached parse:
+    the engine mutates the same few elites again and again)."""
+    return dict(_read_constants(source, device_kind))
+
+
+@lru_cache(maxsize=256)
+def _read_constants(source: str, device_kind: str) -> dict[str, Constant]:
     """The editable constants of `source`, in file order; {} if it does not parse."""
     try:
         tree = parse(source)
@@ -286,7 +294,7 @@ class OfflineOperator:
         if not changes:
             return self._reject([parent.id], "no hyperparameter constant this operator can change")
         hypothesis = "; ".join(f"{c.name} {c.text} → {new}" for c, new in changes.items())
-        return self._finish([parent.id], hypothesis, _rewrite(parent.source, changes))
+        return self._finish([parent.id], hypothesis, _rewrite(parent.source, changes), (parent.source,))
 
     def crossover(
         self,
@@ -320,16 +328,23 @@ class OfflineOperator:
         child = _rewrite(a.source, changes)
         if child == b.source:
             return self._reject(parents, f"#{a.id} and #{b.id} differ only in {', '.join(differ)}; the child would copy #{b.id}")
-        return self._finish(parents, f"crossover #{a.id}×#{b.id}: " + ", ".join(credits), child)
+        return self._finish(parents, f"crossover #{a.id}×#{b.id}: " + ", ".join(credits), child, (a.source, b.source))
 
-    def _finish(self, parents: list[int], hypothesis: str, child: str) -> Proposal:
-        reason = validate_child(child)
+    def _finish(self, parents: list[int], hypothesis: str, child: str, sources: tuple[str, ...]) -> Proposal:
+        # The child differs from its parents only in numeric/bool literals, which no validation
+        # rule looks at: the parents' (cached) verdicts are the child's, without a parse.
+        reason = next((r for r in map(_validate_cached, sources) if r is not None), None)
         if reason is not None:
             return self._reject(parents, f"child fails validation: {reason}", hypothesis)
         return Proposal(operator=self.name, parents=parents, hypothesis=hypothesis, source=child)
 
     def _reject(self, parents: list[int], reason: str, hypothesis: str = "") -> Proposal:
         return Proposal(operator=self.name, parents=parents, hypothesis=hypothesis, rejected=reason)
+
+
+@lru_cache(maxsize=256)
+def _validate_cached(source: str) -> str | None:
+    return validate_child(source)
 
 
 def _linked_units(names: list[str]) -> list[list[str]]:
