@@ -243,6 +243,10 @@ class Harness:
         self.sync()
         t_eval = time.time()
         params = sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else None
+        # Score the eager module behind a torch.compile wrapper: a compiled model recompiles for
+        # every new shape and for no_grad (the check's 2x64 batch, the eval batch), which cost
+        # ~25 s per trial on an H100, more than an eager pass over the val slice.
+        model = getattr(model, "_orig_mod", model)
         was_training = getattr(model, "training", False)
         if hasattr(model, "eval"):
             model.eval()

@@ -74,6 +74,10 @@ def scrubbed_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k in ENV_ALLOW and not any(h in k for h in _SECRET_HINTS)}
     env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "evo" / "inductor"))
     env["PYTHONUNBUFFERED"] = "1"
+    # The variant imports the coordinator's own harness, also from a source checkout that was
+    # never pip-installed (a GPU box with the repo copied over).
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)])
     env["HF_HUB_OFFLINE"] = "1"
     env.update(extra or {})
     return env
