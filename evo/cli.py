@@ -126,5 +126,9 @@ from evo.run_command import add_run_command  # noqa: E402  (the command needs _d
 
 add_run_command(main, _data_dir_option)
 
+from evo.browse.commands import add_browse_commands  # noqa: E402  (after the group exists)
+
+add_browse_commands(main)
+
 if __name__ == "__main__":
     main()
