@@ -32,7 +32,7 @@ from urllib.parse import quote
 from sqlalchemy import URL, Engine, Row, create_engine, event, func, inspect, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker, undefer
+from sqlalchemy.orm import Session, aliased, sessionmaker, undefer
 
 from population.gitstore import GitStore
 from population.mapelites import Grid, replaces
@@ -723,20 +723,34 @@ class Store:
         building no ORM objects makes this several times faster than `individuals()` at
         10,000 individuals. `source` cannot be asked for; `get_individual` reads it.
         """
-        with self._reader() as s:
-            return list(s.execute(
+        with self.engine.connect() as conn:  # Core, not the ORM session: no per-row ORM loading
+            return conn.execute(
                 select(*_columns(Individual, columns)).where(Individual.run_id == run_id).order_by(Individual.id)
-            ))
+            ).all()
+
+    def ancestry_rows(self, individual_id: int, columns: Sequence[str]) -> list[Row]:
+        """An individual, its ancestors along first parents (into earlier runs too) and the
+        second parents met on the way, as plain rows of the named columns, oldest first: what
+        a lineage shows, in one recursive query instead of reading the whole run."""
+        chain = select(Individual.id, Individual.parent1_id, Individual.parent2_id).where(
+            Individual.id == individual_id).cte("chain", recursive=True)
+        parent = aliased(Individual)
+        # UNION, not UNION ALL: it ends even on a (corrupt) cycle
+        chain = chain.union(select(parent.id, parent.parent1_id, parent.parent2_id)
+                            .join(chain, parent.id == chain.c.parent1_id))
+        wanted = or_(Individual.id.in_(select(chain.c.id)), Individual.id.in_(select(chain.c.parent2_id)))
+        with self.engine.connect() as conn:
+            return conn.execute(select(*_columns(Individual, columns)).where(wanted).order_by(Individual.id)).all()
 
     def trial_rows(self, run_id: int, columns: Sequence[str]) -> list[Row]:
         """A run's finished trials as plain rows of the named columns, in the order they
         finished (the order of the progress chart; with several workers it is not id order)."""
-        with self._reader() as s:
-            return list(s.execute(
+        with self.engine.connect() as conn:
+            return conn.execute(
                 select(*_columns(Trial, columns))
                 .where(Trial.run_id == run_id, Trial.status == "done")
                 .order_by(Trial.finished_at, Trial.id)
-            ))
+            ).all()
 
 
 # ---------------------------------------------------------------------- helpers

@@ -8,8 +8,10 @@ import difflib
 
 import pytest
 
+from population.mapelites import Grid
 from population.store import Store
 from tests.conftest import evo
+from tests.support.archive import child_elite
 
 
 @pytest.fixture(scope="module")
@@ -19,14 +21,6 @@ def archive(short_run):
     store = Store.open(db, readonly=True)
     yield db, name, store
     store.close()
-
-
-def child_elite(store: Store, run_name: str):
-    """An elite made by an operator from a parent, so it has a diff and a lineage."""
-    run = store.get_run(run_name)
-    children = [ind for _, ind in store.elites(run.id) if ind.parents]
-    assert children, "the short run produced no elite with a parent"
-    return store.get_individual(children[0].id)
 
 
 def test_runs_and_elites_list_the_archive(archive):
@@ -90,6 +84,51 @@ def test_export_writes_exactly_the_source(archive, tmp_path):
     proc = evo("export", ind.id, "-o", target, "--db", db)
     assert target.read_bytes() == ind.source.encode()
     assert "evo trial" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """An archive written through the real Store as the engine writes one: run `b` continues
+    from run `a`'s winner with a crossover, and holds a rejected proposal."""
+    db = tmp_path_factory.mktemp("two-runs") / "archive.db"
+    grid = Grid.around({"params": 1e6, "tokens": 1e4})
+    with Store.open(db, create=True) as store:
+        def trained(run, source, parents, operator, hypothesis, val_bpb):
+            ind = store.add_individual(run.id, source, parents, operator, hypothesis)
+            trial = store.start_trial(ind.id, seed=0)
+            store.finish_trial(trial.id, {"outcome": "ok", "val_bpb": val_bpb, "params": 10**6, "tokens": 10**4})
+            store.tell(ind.id, grid, 0.001)
+            return store.get_individual(ind.id)
+
+        a = store.create_run("a", {"grid_bounds": grid.to_config()})
+        seed = trained(a, "lr = 1\n", [], "seed", "seed: train.py", 1.0)
+        winner = trained(a, "lr = 2\n", [seed.id], "offline", "LR 1 → 2", 0.9)
+        b = store.create_run("b", {"grid_bounds": grid.to_config()})
+        other = trained(b, "depth = 3\n", [seed.id], "offline", "DEPTH 2 → 3", 0.95)
+        child = trained(b, "lr = 2\ndepth = 3\n", [winner.id, other.id], "crossover", "DEPTH from the other", 0.85)
+        rejected = store.add_rejected(b.id, [child.id], "offline", "LR 2 → 200", "validation: lr is not finite")
+    return db, seed, winner, other, child, rejected
+
+
+def test_lineage_follows_first_parents_into_the_earlier_run(two_runs):
+    db, seed, winner, other, child, _ = two_runs
+    out = evo("lineage", child.commit[:8], "--db", db, env={"COLUMNS": "80"}).stdout
+    lines = out.splitlines()[1:]
+    assert len(lines) == 4, out  # seed, winner (run a), child (run b), and the crossover's other parent
+    steps = [next(k for k, ln in enumerate(lines) if f"#{i.id} {i.commit[:8]}" in ln) for i in (seed, winner, child)]
+    assert steps == [0, 1, 2] and lines[3].strip().startswith(f"└── × also from #{other.id} {other.commit[:8]}")
+    assert "−0.0500" in lines[2] and "−0.1000" in lines[1] and all(len(ln) <= 80 for ln in out.splitlines())
+
+
+def test_a_rejected_proposal_shows_but_does_not_export(two_runs):
+    db, *_, child, rejected = two_runs
+    out = evo("show", rejected.id, "--db", db).stdout
+    assert f"#{rejected.id}" in out and "rejected: validation: lr is not finite" in out
+    assert f"#{child.id} {child.commit[:8]}" in out and "LR 2 → 200" in out
+    proc = evo("export", rejected.id, "--db", db, check=False)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert proc.stderr == f"Error: individual #{rejected.id} was rejected before it had a source " \
+                          "(validation: lr is not finite)\n"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from population.store import Store
+from tests.support.archive import child_elite
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -46,13 +47,6 @@ def get(url: str):
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
-
-
-def child_elite(store: Store, run_name: str):
-    run = store.get_run(run_name)
-    children = [ind for _, ind in store.elites(run.id) if ind.parents]
-    assert children, "the short run produced no elite with a parent"
-    return store.get_individual(children[0].id)
 
 
 def test_api_answers_from_the_archive(served):
@@ -133,3 +127,21 @@ def test_page_follows_a_run_that_writes(served, page):
     page.wait_for_function("([label]) => document.querySelector('#trials tbody').textContent.includes(label)",
                            arg=[label], timeout=15_000)  # the page polls every 3 s
     assert "RuntimeError: boom" in page.inner_text("#trials tbody")
+
+
+def test_a_rejected_child_opens_from_its_parent(served, page):
+    """A rejected proposal has no hash: the page must still open it (by number) from its parent."""
+    _, db, name = served
+    with Store.open(db) as store:
+        run = store.get_run(name)
+        parent = child_elite(store, name)
+        rejected = store.add_rejected(run.id, [parent.id], "offline", "LR 0.04 → 400", "validation: lr is not finite")
+    page.click(f'rect.cell[data-id="{parent.id}"]')
+    link = page.locator("#facts a.id", has_text=re.compile(rf"^#{rejected.id}$"))
+    link.wait_for(timeout=15_000)
+    link.click()
+    page.wait_for_function("([t]) => document.querySelector('#d-title').textContent === t",
+                           arg=[f"#{rejected.id}"], timeout=10_000)
+    facts = page.inner_text("#facts")
+    assert "rejected: validation: lr is not finite" in facts and f"#{parent.id} {parent.commit[:8]}" in facts
+    assert page.inner_text("#hypothesis") == "LR 0.04 → 400"

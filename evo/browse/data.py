@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import heapq
-from collections import defaultdict, namedtuple
+from collections import namedtuple
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,32 +136,36 @@ def history(store: Store, run: Run) -> History:
     inds = individual_rows(store, run.id)
     trials = trial_rows(store, run.id)
     kept = {e.individual_id for e, _ in store.elites(run.id)}
-    scores: dict[int, list[float]] = defaultdict(list)
+    noise = run.noise_sd
+    scores: dict[int, list[float]] = {}
     means: dict[int, float] = {}
     holders: dict[str, int] = {}
-    heap: list[tuple[float, int]] = []
+    heap: list[tuple[float, int]] = []  # (mean, individual), stale entries dropped lazily
     points, improvements = [], []
     best_id, best = None, None
     for order, t in enumerate(trials):
-        if t.outcome == "ok" and t.val_bpb is not None:
-            xs = scores[t.individual_id]
-            xs.append(t.val_bpb)
-            mean = means[t.individual_id] = sum(xs) / len(xs)
-            heapq.heappush(heap, (mean, t.individual_id))
-            cell = inds[t.individual_id].cell if t.individual_id in inds else None
-            holder = holders.get(cell) if cell else None
-            if cell and (holder in (None, t.individual_id) or replaces(
-                    mean, len(xs), means[holder], len(scores[holder]), run.noise_sd)):
-                holders[cell] = t.individual_id
-                kept.add(t.individual_id)
+        ident, value = t.individual_id, t.val_bpb
+        if value is not None and t.outcome == "ok":
+            xs = scores.setdefault(ident, [])
+            xs.append(value)
+            mean = means[ident] = sum(xs) / len(xs)
+            heapq.heappush(heap, (mean, ident))
+            row = inds.get(ident)
+            cell = row.cell if row is not None else None
+            if cell:
+                holder = holders.get(cell)
+                if holder is None or holder == ident or replaces(
+                        mean, len(xs), means[holder], len(scores[holder]), noise):
+                    holders[cell] = ident
+                    kept.add(ident)
             while means[heap[0][1]] != heap[0][0]:  # drop means that re-training has replaced
                 heapq.heappop(heap)
-            value, leader = heap[0]
-            if leader != best_id and (best is None or value < best):
-                improvements.append(Improvement(order, leader, value))
+            lowest, leader = heap[0]
+            if leader != best_id and (best is None or lowest < best):
+                improvements.append(Improvement(order, leader, lowest))
                 kept.add(leader)
-            best_id, best = leader, value
-        points.append(Point(order, t.id, t.individual_id, t.seed, t.outcome, t.val_bpb, t.peak_memory_mb, best))
+            best_id, best = leader, lowest
+        points.append(Point(order, t.id, ident, t.seed, t.outcome, value, t.peak_memory_mb, best))
     return History(points, improvements, kept, inds, trials)
 
 
@@ -172,32 +176,27 @@ def history(store: Store, run: Run) -> History:
 class Step:
     """One individual of a lineage, with the parent the lineage continues through."""
 
-    ind: IndividualRow | Individual
-    parent: IndividualRow | Individual | None  # the first parent: what the operator edited
-    other: IndividualRow | Individual | None  # a crossover's second parent
+    ind: IndividualRow
+    parent: IndividualRow | None  # the first parent: what the operator edited
+    other: IndividualRow | None  # a crossover's second parent
     delta: float | None  # ind's mean val_bpb − parent's: negative is progress
 
 
 def lineage(store: Store, ind: Individual) -> list[Step]:
-    """The ancestry of `ind` along first parents, oldest (a seed) first.
+    """The ancestry of `ind` along first parents, oldest (a seed) first, into earlier runs
+    when a run was seeded from another's winners.
 
     A crossover's second parent is named on its step, not followed: the full ancestry of a
     run with crossovers is a DAG that soon covers most of the run, which no one can read as a
     tree; its own lineage is one command (or click) away.
     """
-    rows = individual_rows(store, ind.run_id)
-
-    def get(ident: int | None) -> IndividualRow | Individual | None:
-        if ident is None:
-            return None
-        return rows.get(ident) or store.get_individual(ident)  # a parent in another run
-
+    rows = {r[0]: IndividualRow._make(r) for r in store.ancestry_rows(ind.id, IND_COLUMNS)}
     steps, seen = [], set()
-    current = rows.get(ind.id, ind)
+    current = rows.get(ind.id)
     while current is not None and current.id not in seen:
         seen.add(current.id)
-        parent = get(current.parent1_id)
-        steps.append(Step(current, parent, get(current.parent2_id), _delta(current, parent)))
+        parent = rows.get(current.parent1_id)
+        steps.append(Step(current, parent, rows.get(current.parent2_id), _delta(current, parent)))
         current = parent
     return steps[::-1]
 

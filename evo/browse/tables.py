@@ -54,7 +54,7 @@ def runs_table(summaries: Sequence[RunSummary]) -> Table:
 def elites_table(run: Run, grid: Grid | None, elites: Sequence[tuple[Elite, Individual]]) -> Table:
     extra_dims = [d.name for d in grid.dims if d.name not in SIZE_COLUMNS] if grid else []
     cells = f" in {grid.n_cells} cells ({len(elites) / grid.n_cells:.0%})" if grid else ""
-    table = _table(f"{run.name}: {len(elites)} elites{cells}, best first")
+    table = _table(f"{run.name}: {len(elites)} elite{'s' * (len(elites) != 1)}{cells}, best first")
     table.add_column("id", no_wrap=True)
     table.add_column("cell", no_wrap=True)
     for name in (*extra_dims, *SIZE_COLUMNS):
@@ -119,11 +119,12 @@ def diff_view(text: str) -> RenderableType:
 
 
 def lineage_tree(steps: Sequence[Step], run: Run) -> Tree:
-    """The lineage as a flat trunk, oldest first, each step one line with its Δval_bpb against
-    the step before; a crossover's other parent hangs off its step as a branch."""
+    """The lineage as a flat trunk, oldest first, each step one line (cut at the terminal's edge)
+    with its Δval_bpb against the step before; a crossover's other parent hangs off its step."""
     last = steps[-1].ind
-    tree = Tree(Text.from_markup(f"[bold]lineage of {fmt.label(last)}[/] [dim]({run.name}, {len(steps) - 1} "
-                                 f"steps) · val_bpb · Δ vs the step above[/]"))
+    n = len(steps) - 1
+    tree = Tree(Text.from_markup(f"[bold]lineage of {fmt.label(last)}[/] [dim]({run.name}, {n} step{'s' * (n != 1)}) "
+                                 f"· val_bpb · Δ vs the step above[/]"))
     width = max(len(fmt.label(step.ind)) for step in steps)
     for step in steps:
         ind = step.ind
@@ -132,6 +133,7 @@ def lineage_tree(steps: Sequence[Step], run: Run) -> Tree:
         line = Text.assemble(
             (fmt.label(ind).ljust(width), "bold" if ind is last else ""), "  ", fmt.bpb(ind.val_bpb_mean), "  ",
             (f"{change:>7}", style), "  ", (_operator_prefix(ind), "dim"), fmt.first_line(ind.hypothesis),
+            no_wrap=True, overflow="ellipsis",  # one line per step; `evo show` has the whole hypothesis
         )
         node = tree.add(line)
         if step.other is not None:

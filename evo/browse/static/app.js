@@ -60,9 +60,12 @@ function score(ind) {
   return `${bpb(ind.val_bpb)}${ind.sd !== null ? " ± " + ind.sd.toFixed(4) : ""} (n=${ind.n})`;
 }
 
+// `#12 3f2a9c1d`, as the CLI prints it; a rejected proposal has no hash, so only its number
+const label = (ind) => (ind.short.startsWith("#") ? ind.short : `#${ind.id} ${ind.short}`);
+
 function idLink(ind) {
-  return el("a", { class: "id", title: firstLine(ind.hypothesis), onclick: (e) => { e.stopPropagation(); select(ind.short); } },
-    `#${ind.id} ${ind.short}`);
+  return el("a", { class: "id", title: firstLine(ind.hypothesis), onclick: (e) => { e.stopPropagation(); select(ind.id); } },
+    label(ind));
 }
 
 function edges(dim) {
@@ -107,8 +110,8 @@ function drawHeatmap(run) {
       }
       const t = hi > lo ? (e.val_bpb - lo) / (hi - lo) : 0;
       const rect = svg("rect", { x: px, y: py, width: cw, height: ch, class: "cell", fill: VIRIDIS_R[Math.min(9, Math.floor(t * 10))],
-        "data-cell": e.cell, "data-id": e.id, onclick: () => select(e.short) },
-        svg("title", {}, `cell ${e.cell} · #${e.id} ${e.short} · ${score(e)}\n${firstLine(e.hypothesis)}`));
+        "data-cell": e.cell, "data-id": e.id, onclick: () => select(e.id) },
+        svg("title", {}, `cell ${e.cell} · ${label(e)} · ${score(e)}\n${firstLine(e.hypothesis)}`));
       root.append(rect);
       if (cw >= 38) {
         root.append(svg("text", { x: px + cw / 2, y: py + ch / 2 + 4, "text-anchor": "middle", "pointer-events": "none",
@@ -137,8 +140,8 @@ function drawHeatmap(run) {
 
 function markSelected() {
   document.querySelectorAll("rect.cell.selected").forEach((r) => r.classList.remove("selected"));
-  if (state.selectedId !== undefined) {
-    document.querySelectorAll(`rect.cell[data-id="${state.selectedId}"]`).forEach((r) => r.classList.add("selected"));
+  if (state.selected !== null) {
+    document.querySelectorAll(`rect.cell[data-id="${state.selected}"]`).forEach((r) => r.classList.add("selected"));
   }
 }
 
@@ -187,14 +190,15 @@ function drawProgress(p) {
   root.append(svg("path", { d, fill: "none", stroke: "#1d3557", "stroke-width": 2 }));
   for (const imp of p.improvements) {
     root.append(svg("circle", { cx: x(imp.order), cy: y(imp.value), r: 5, class: "imp", fill: "none", stroke: "#1d3557",
-      "stroke-width": 1.5, "pointer-events": "all", onclick: () => select(imp.short) },
-      svg("title", {}, `#${imp.id} ${imp.short} · ${bpb(imp.value)}\n${firstLine(imp.hypothesis)}`)));
+      "stroke-width": 1.5, "pointer-events": "all", onclick: () => select(imp.id) },
+      svg("title", {}, `${label(imp)} · ${bpb(imp.value)}\n${firstLine(imp.hypothesis)}`)));
   }
   box.append(root);
 }
 
 // ------------------------------------------------------------------ one individual
 
+// `ref`: an individual's number, or a prefix of its commit or source hash (as in the address)
 async function select(ref, quiet = false) {
   let d;
   try {
@@ -203,12 +207,12 @@ async function select(ref, quiet = false) {
     if (!quiet) alert(err.message);
     return;
   }
-  state.selected = d.short;
-  state.selectedId = d.id;
-  if (!quiet) history.replaceState(null, "", "#" + d.short);
+  // the page asks by number (a rejected proposal has no hash); the address names it by its hash
+  state.selected = d.id;
+  if (!quiet) history.replaceState(null, "", "#" + (d.short.startsWith("#") ? d.id : d.short));
   $("#detail-empty").hidden = true;
   $("#detail").hidden = false;
-  $("#d-title").textContent = `#${d.id} ${d.short}` + (d.elite_cell ? ` · elite of cell ${d.elite_cell}` : "");
+  $("#d-title").textContent = label(d) + (d.elite_cell ? ` · elite of cell ${d.elite_cell}` : "");
   $("#hypothesis").textContent = d.hypothesis || "(no hypothesis)";
   const facts = $("#facts");
   facts.textContent = "";
@@ -297,7 +301,7 @@ async function loadTrials() {
   const body = $("#trials tbody");
   body.textContent = "";
   for (const r of t.rows) {
-    body.append(el("tr", { onclick: () => select(r.short) },
+    body.append(el("tr", { onclick: () => select(r.id) },
       el("td", { class: "num" }, r.order + 1), el("td", {}, idLink(r)), el("td", { class: "num" }, r.seed),
       el("td", { class: r.outcome === "ok" ? "" : "bad" }, r.outcome), el("td", { class: "num" }, bpb(r.val_bpb)),
       el("td", {}, r.operator), el("td", { title: r.message || r.hypothesis }, r.message ? el("span", { class: "bad" }, r.message) : r.hypothesis)));
