@@ -39,7 +39,7 @@ def test_results_tsv_of_a_real_run_loads_like_autoresearch(short_run, tmp_path):
 
 
 def test_keep_discard_crash(tmp_path):
-    """A seed, a clear improvement in its cell (keep), a worse sibling (discard), a crash."""
+    """A seed, a clear improvement in its cell (keep), worse siblings (discard), a crash."""
     grid = Grid.around({"params": 1e6, "tokens": 1e4})
     with Store.open(tmp_path / "archive.db", create=True) as store:
         run = store.create_run("r", {"grid_bounds": grid.to_config()})
@@ -56,12 +56,14 @@ def test_keep_discard_crash(tmp_path):
         seed = trained("seed = 1\n", [], "seed: train.py", outcome="ok", val_bpb=1.0)
         better = trained("seed = 2\n", [seed.id], "LR 0.04 → 0.03", outcome="ok", val_bpb=0.95)
         trained("seed = 3\n", [seed.id], "LR 0.04 → 0.08", outcome="ok", val_bpb=1.05)
-        trained("seed = 4\n", [better.id], "DEPTH 8 → 64\tso deep", outcome="oom", val_bpb=None,
+        trained("seed = 4\n", [better.id], '"RoPE base 10k → 50k\n helps long context', outcome="ok", val_bpb=1.2)
+        trained("seed = 5\n", [better.id], "DEPTH 8 → 64\tso deep", outcome="oom", val_bpb=None,
                 peak_memory_mb=80_000.0)
         text, n = results_tsv(store, run)
     path = tmp_path / "results.tsv"
     path.write_text(text)
     df = notebook_load(path)
-    assert n == 4 and list(df["status"]) == ["KEEP", "KEEP", "DISCARD", "CRASH"]
-    assert list(df["val_bpb"]) == [1.0, 0.95, 1.05, 0.0] and list(df["memory_gb"]) == [2.0, 2.0, 2.0, 0.0]
-    assert df["description"].iloc[3] == "DEPTH 8 → 64 so deep"  # a tab would have broken the columns
+    assert n == 5 and list(df["status"]) == ["KEEP", "KEEP", "DISCARD", "DISCARD", "CRASH"]
+    assert list(df["val_bpb"]) == [1.0, 0.95, 1.05, 1.2, 0.0] and list(df["memory_gb"]) == [2.0, 2.0, 2.0, 2.0, 0.0]
+    assert df["description"].iloc[3] == '"RoPE base 10k → 50k helps long context'  # an open quote ran on
+    assert df["description"].iloc[4] == "DEPTH 8 → 64 so deep"  # a tab would have broken the columns

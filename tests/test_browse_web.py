@@ -41,9 +41,9 @@ def served(short_run, tmp_path_factory):
     proc.wait(timeout=10)
 
 
-def get(url: str):
+def get(url: str, headers: dict[str, str] | None = None):
     try:
-        with urllib.request.urlopen(url, timeout=30) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
@@ -79,6 +79,10 @@ def test_api_answers_from_the_archive(served):
     assert progress["trials"] == len(done) and len(progress["points"]) == len(done)
     status, error = get(url + "api/individual/ffff0000")
     assert status == 404 and "no individual matches" in error["error"]
+    port = url.rstrip("/").rsplit(":", 1)[1]
+    status, error = get(url + f"api/individual/{ind.id}", {"Host": f"attacker.example:{port}"})  # DNS rebinding
+    assert status == 403 and "source" not in error
+    assert get(url + "api/version", {"Host": f"localhost:{port}"})[0] == 200
 
 
 @pytest.fixture(scope="module")

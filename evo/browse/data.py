@@ -22,10 +22,11 @@ from population.store import ArchiveError, Store
 
 from evo.browse.fmt import label
 
-# The individual columns every whole-run view needs (the source is never among them).
+# The individual columns the whole-run views and lineages read: no more (each costs 10,000
+# values to decode), and never the source.
 IND_COLUMNS = (
-    "id", "commit", "source_hash", "parent1_id", "parent2_id", "operator", "hypothesis", "generation",
-    "status", "rejected_reason", "val_bpb_mean", "val_bpb_sd", "n_ok", "n_trials", "cell",
+    "id", "commit", "source_hash", "parent1_id", "parent2_id", "operator", "hypothesis",
+    "val_bpb_mean", "val_bpb_sd", "n_ok", "cell",
 )
 TRIAL_COLUMNS = ("id", "individual_id", "seed", "outcome", "val_bpb", "peak_memory_mb", "params", "tokens",
                  "training_seconds", "message")

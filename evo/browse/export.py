@@ -8,6 +8,9 @@ finished; its val_bpb is the mean over its seeds, its memory the peak over them.
 
 from __future__ import annotations
 
+import csv
+import io
+
 from population.models import Run
 from population.store import Store
 
@@ -18,19 +21,25 @@ HEADER = ("commit", "val_bpb", "memory_gb", "status", "description")
 
 def results_tsv(store: Store, run: Run) -> tuple[str, int]:
     """(the file's text, number of experiments). keep = it became an elite or improved the
-    running best (`data.history`), crash = none of its trials finished ok, discard = the rest."""
+    running best (`data.history`), crash = none of its trials finished ok, discard = the rest.
+
+    Descriptions are one line; one that holds a double quote is quoted CSV-style (quotes
+    doubled), which is how `read_csv` reads it back unchanged instead of running on into the
+    next rows."""
     hist = data.history(store, run)
     memory: dict[int, float] = {}
     for p in hist.points:  # dicts keep insertion order: first finished trial first
         memory[p.individual_id] = max(memory.get(p.individual_id, 0.0), p.memory_mb or 0.0)
-    lines = ["\t".join(HEADER)]
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter="\t", lineterminator="\n")
+    writer.writerow(HEADER)
     for ind_id, peak_mb in memory.items():
         ind = hist.individuals[ind_id]
         commit = (ind.commit or ind.source_hash or "")[:7]
         description = " ".join((ind.hypothesis or ind.operator or "").split())  # no tabs or newlines
         if not ind.n_ok or ind.val_bpb_mean is None:
-            lines.append(f"{commit}\t0.000000\t0.0\tcrash\t{description}")
-            continue
-        status = "keep" if ind_id in hist.kept else "discard"
-        lines.append(f"{commit}\t{ind.val_bpb_mean:.6f}\t{peak_mb / 1024:.1f}\t{status}\t{description}")
-    return "\n".join(lines) + "\n", len(lines) - 1
+            writer.writerow((commit, "0.000000", "0.0", "crash", description))
+        else:
+            status = "keep" if ind_id in hist.kept else "discard"
+            writer.writerow((commit, f"{ind.val_bpb_mean:.6f}", f"{peak_mb / 1024:.1f}", status, description))
+    return out.getvalue(), len(memory)

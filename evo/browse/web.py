@@ -38,6 +38,7 @@ TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=u
 CACHE_ENTRIES = 256
 URL_VERSION_SECONDS = 5  # a database server has no file to stat: its answers live this long
 TRIALS_PAGE = 100
+LOCAL_NAMES = ("127.0.0.1", "localhost")
 
 
 class Api:
@@ -233,6 +234,11 @@ class Handler(BaseHTTPRequestHandler):
     server: BrowserServer
 
     def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        # Only pages this machine opened: a web site that re-points its own name at 127.0.0.1
+        # (DNS rebinding) must not read the archive's code through the visitor's browser.
+        if urlsplit("//" + (self.headers.get("Host") or "")).hostname not in LOCAL_NAMES:
+            self._json(HTTPStatus.FORBIDDEN, {"error": "evo ui answers only to http://127.0.0.1 or localhost"})
+            return
         url = urlsplit(self.path)
         if url.path in FILES:
             name = FILES[url.path]
