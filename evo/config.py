@@ -42,6 +42,9 @@ class RunConfig:
     model: str | None = None  # LLM options
     max_llm_dollars: float | None = None
     llm_concurrency: int | None = None
+    llm_temperature: float | None = None  # sent only when set
+    llm_timeout: float | None = None  # seconds per API request [the operator's default, 300]
+    llm_max_retries: int | None = None  # SDK retries of 429/529/timeouts/5xx [the operator's default, 4]
     seed_from: str | None = None
     top: int = 8
 

@@ -19,10 +19,12 @@ off are run again, finished ones never.
 
 from __future__ import annotations
 
+import queue
 import random
+import threading
 import time
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 
 from deap import tools
@@ -46,6 +48,45 @@ class Task:
     individual_id: int
     seed: int
     kind: str  # "noise", "child", "retrain"
+
+
+class _DaemonPool:
+    """The proposal threads. Unlike ThreadPoolExecutor's, they are daemons: the interpreter joins
+    those at exit, so after Ctrl-C a run would sit until every LLM call in flight (and its repair
+    round) came back; a stopped run records the proposals already answered and drops the rest."""
+
+    def __init__(self, workers: int, name: str):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._workers = workers
+        for i in range(workers):
+            threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True).start()
+
+    def submit(self, fn, *args) -> Future:
+        fut: Future = Future()
+        self._jobs.put((fut, fn, args))
+        return fut
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fut, fn, args = job
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as e:  # the future carries it to the coordinator
+                fut.set_exception(e)
+
+    def shutdown(self) -> None:
+        """Cancel what has not started; the threads end after their current job."""
+        try:
+            while True:
+                job = self._jobs.get_nowait()
+                if job is not None:
+                    job[0].cancel()
+        except queue.Empty:
+            pass
+        for _ in range(self._workers):
+            self._jobs.put(None)
 
 
 class Reporter:
@@ -82,11 +123,15 @@ class Engine:
         self.finished_trials = len(store.trials(run.id, status="done"))
         self.failed_trials = sum(1 for t in store.trials(run.id, status="done") if t.outcome != "ok")
         self.logbook = tools.Logbook()
-        self._proposal_pool = ThreadPoolExecutor(max_workers=self._proposal_threads(), thread_name_prefix="evo-propose")
+        self._proposal_pool = _DaemonPool(self._proposal_threads(), "evo-propose")
         self._made: dict[int, int] = {}  # generation -> children accepted
         self._attempts: dict[int, int] = {}  # generation -> proposals tried
         self._recorded_generations = {g.generation for g in store.generations(run.id)}
         self._final_checked = False
+        self._told_exhausted = False
+        self._noise_owed = 0  # bootstrap trials not dispatched yet
+        self._api_failures = 0  # proposals in a row that ended on an API error (bad key, no network...)
+        self._llm_broken: str | None = None  # why proposing stopped for good
 
     # ------------------------------------------------------------------ public
 
@@ -110,10 +155,26 @@ class Engine:
                     else:
                         self._proposal_finished(fut, self.proposing.pop(fut))
                 self._check_generations()
+            self._drain_proposals()  # their calls are paid for: record them before the run ends
+            self._stop_if_broken()
+            if (self._operator_exhausted() and not self._finished() and self._dispatch_allowed()
+                    and self._open_generation() is not None):
+                spent = getattr(self.operator, "spent_usd", None)
+                self.reporter.message(
+                    f"run ended after {self.finished_trials} trials: the LLM budget is spent"
+                    + (f" (${spent:.4f} of ${self.cfg.max_llm_dollars:g})" if spent is not None
+                       and self.cfg.max_llm_dollars else "")
+                    + f"; to go on, raise it: evo run --resume --name {self.run.name} --max-llm-dollars N")
             self.store.update_run(self.run.id, status="finished")
         except BaseException:
             self.executor.shutdown(cancel=True)
-            self._proposal_pool.shutdown(wait=False, cancel_futures=True)
+            self._proposal_pool.shutdown()
+            for fut, generation in list(self.proposing.items()):  # answers already paid for are kept
+                if fut.done() and not fut.cancelled():
+                    try:
+                        self._proposal_finished(fut, generation)
+                    except Exception:  # the stop, not this bookkeeping, is what the user must see
+                        pass
             for fut, task in list(self.inflight.items()):  # cut off: resume re-runs them
                 if fut.done() and not fut.cancelled() and fut.exception() is None:
                     _, result = fut.result()
@@ -124,7 +185,7 @@ class Engine:
             self.store.update_run(self.run.id, status="stopped")
             raise
         finally:
-            self._proposal_pool.shutdown(wait=False, cancel_futures=True)
+            self._proposal_pool.shutdown()
         self.executor.shutdown()
 
     # ------------------------------------------------------------------ state
@@ -148,7 +209,8 @@ class Engine:
                 continue
             self._made[g] = self._made.get(g, 0) + 1
             self._attempts[g] = self._attempts.get(g, 0) + 1
-            if ind.status == "pending" and ind.n_trials == 0 and ind.id not in self.retrain and self.grid:
+            if (ind.status == "pending" and ind.n_trials == 0 and ind.id not in self.retrain
+                    and ind.operator not in ("seed", "seed-from")):  # seeds are the bootstrap's
                 self.ready.append((ind.id, g))
 
     def _target(self, generation: int) -> int:
@@ -169,6 +231,8 @@ class Engine:
         return False
 
     def _dispatch_allowed(self) -> bool:
+        if self._llm_broken:
+            return False  # the run stops once the trials in flight finish
         if self.deadline and time.time() > self.deadline:
             return False
         if self.cfg.trials is not None and self.finished_trials + len(self.inflight) >= self.cfg.trials:
@@ -180,7 +244,7 @@ class Engine:
             return True
         if self.ready or self.retrain:
             return False
-        if self._open_generation() is not None:
+        if self._open_generation() is not None and not self._operator_exhausted():
             return False
         # All generations made and trained: re-validate the champions once, then stop.
         if not self._final_checked:
@@ -207,14 +271,25 @@ class Engine:
                     tasks.append((ind.id, seed))
         self.reporter.message(f"bootstrap: training the seed program with {self.cfg.noise_seeds} seeds to measure noise")
         pending = deque(tasks)
-        while pending or self.inflight:
-            while pending and len(self.inflight) < self.executor.size:
+        while (pending and not self._llm_broken) or self.inflight:
+            while pending and len(self.inflight) < self.executor.size and not self._llm_broken:
                 self._dispatch(*pending.popleft(), kind="noise")
+            # Generation 0's children are mutants of the seeds whatever the bootstrap measures, so
+            # their proposals start now: a slow LLM is not left to start after the seed has trained.
+            self._noise_owed = len(pending)
+            self._fill_proposals()
             self.reporter.status(self)
-            done, _ = wait(list(self.inflight), timeout=1.0, return_when=FIRST_COMPLETED)
+            done, _ = wait(list(self.inflight) + list(self.proposing), timeout=1.0, return_when=FIRST_COMPLETED)
             for fut in done:
-                task = self.inflight.pop(fut)
-                self._record(task, fut.result()[1])
+                if fut in self.inflight:
+                    task = self.inflight.pop(fut)
+                    self._record(task, fut.result()[1])
+                else:
+                    self._proposal_finished(fut, self.proposing.pop(fut))
+        self._noise_owed = 0
+        if self._llm_broken:  # before the grid: --resume trains the seeds it did not get to
+            self._drain_proposals()
+            self._stop_if_broken()
         trials = [t for t in self.store.trials(individual_id=first.id, status="done") if t.outcome == "ok"]
         if not trials:
             from evo.errors import EvoError
@@ -308,10 +383,21 @@ class Engine:
 
     # ------------------------------------------------------------------ proposals
 
+    def _operator_exhausted(self) -> bool:
+        """No more proposals: the LLM budget is spent, or the API keeps failing."""
+        return self._llm_broken is not None or bool(getattr(self.operator, "exhausted", False))
+
     def _fill_proposals(self) -> None:
+        if self._operator_exhausted():
+            if not self._told_exhausted and not self._llm_broken:
+                self._told_exhausted = True
+                self.reporter.message("the LLM budget is spent: no new children; training those already made")
+            return
         want = self.executor.size + self._proposal_threads()
-        while (len(self.ready) + len(self.proposing) < want and self._dispatch_allowed()
-               and not getattr(self.operator, "exhausted", False)):
+        if self.cfg.trials is not None:  # no paying for children the trial cap will never train
+            owed = len(self.inflight) + len(self.retrain) + self._noise_owed
+            want = min(want, self.cfg.trials - self.finished_trials - owed)
+        while len(self.ready) + len(self.proposing) < want and self._dispatch_allowed():
             g = self._open_generation()
             if g is None:
                 return
@@ -323,7 +409,11 @@ class Engine:
             self.proposing[fut] = g
 
     def _elite_pool(self) -> list[tuple[int, str | None, float]]:
-        return [(i.id, e.cell, i.val_bpb_mean) for e, i in self.store.elites(self.run.id) if i.val_bpb_mean is not None]
+        pool = [(i.id, e.cell, i.val_bpb_mean) for e, i in self.store.elites(self.run.id) if i.val_bpb_mean is not None]
+        if not pool:  # bootstrap (or the moment after it, before the seeds are told): the seeds are the parents
+            seeds = [i for i in self.store.individuals(self.run.id, generation=0) if i.operator in ("seed", "seed-from")]
+            pool = [(i.id, None, i.val_bpb_mean if i.val_bpb_mean is not None else 0.0) for i in seeds]
+        return pool
 
     def _propose(self, rng: random.Random) -> tuple[Proposal, list[int]]:
         """Runs in a proposal thread: select parents, read context, call the operator."""
@@ -339,7 +429,8 @@ class Engine:
 
     def _parent_info(self, individual_id: int) -> ParentInfo:
         ind = self.store.get_individual(individual_id)
-        trials = [{k: getattr(t, k) for k in _TRIAL_FIELDS} for t in self.store.trials(individual_id=ind.id)]
+        trials = [{k: getattr(t, k) for k in _TRIAL_FIELDS}  # results only: a running trial has none yet
+                  for t in self.store.trials(individual_id=ind.id, status="done")]
         return ParentInfo(id=ind.id, source=ind.source, hypothesis=ind.hypothesis or "", operator=ind.operator or "",
                           val_bpb=ind.val_bpb_mean, n_trials=ind.n_ok,
                           cell=Grid.parse_key(ind.cell) if ind.cell else None, commit=ind.commit, trials=trials)
@@ -386,6 +477,37 @@ class Engine:
             self.reporter.message(f"rejected ({proposal.operator}): {proposal.rejected}")
         for call in proposal.llm_calls:
             self.store.record_llm_call(self.run.id, ind_id, call)
+        self._note_api_failure(proposal)
+
+    def _drain_proposals(self) -> None:
+        """Wait for the proposals in flight and record them."""
+        if self.proposing:
+            self.reporter.message(f"waiting for {len(self.proposing)} proposal(s) in flight, to record them")
+        while self.proposing:
+            done, _ = wait(list(self.proposing), timeout=1.0, return_when=FIRST_COMPLETED)
+            for fut in done:
+                self._proposal_finished(fut, self.proposing.pop(fut))
+
+    def _stop_if_broken(self) -> None:
+        if self._llm_broken:
+            from evo.errors import EvoError
+
+            raise EvoError(f"stopped after {self.finished_trials} trials: {self._llm_broken}; "
+                           f"fix the cause and continue with `evo run --resume --name {self.run.name}`")
+
+    def _note_api_failure(self, proposal: Proposal) -> None:
+        """A run whose every call fails (a revoked key, no network) would propose forever: stop
+        proposing after enough proposals in a row end on an API error the SDK did not retry away.
+        Rate limits, overload and timeouts were already retried with backoff; they do not count."""
+        calls = proposal.llm_calls
+        if not calls or calls[-1].get("outcome") != "api_error":
+            if calls:
+                self._api_failures = 0
+            return
+        self._api_failures += 1
+        if self._api_failures >= max(8, 2 * self._proposal_threads()) and self._llm_broken is None:
+            self._llm_broken = f"the LLM failed {self._api_failures} proposals in a row ({proposal.rejected})"
+            self.reporter.message(f"{self._llm_broken}: no new trials; stopping once those in flight finish")
 
     # ------------------------------------------------------------------ generations
 

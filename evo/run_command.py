@@ -54,7 +54,7 @@ def _seed_sources(cfg: RunConfig, seed_file: Path | None) -> list[tuple[str, str
     return [(source, "seed", f"seed: {path.name}")]
 
 
-def _make_operator(cfg: RunConfig, seed_source: str):
+def _make_operator(cfg: RunConfig, seed_source: str, spent_usd: float = 0.0):
     if cfg.operator == "offline":
         from evo.operators.offline import OfflineOperator
 
@@ -69,7 +69,8 @@ def _make_operator(cfg: RunConfig, seed_source: str):
     options = {name: value for name, value in (("temperature", cfg.llm_temperature), ("timeout", cfg.llm_timeout),
                                                ("max_retries", cfg.llm_max_retries)) if value is not None}
     return LLMOperator(model=cfg.model or DEFAULT_MODEL, max_dollars=cfg.max_llm_dollars, api_key=key,
-                       base_url=os.environ.get("ANTHROPIC_BASE_URL"), seed_source=seed_source, **options)
+                       base_url=os.environ.get("ANTHROPIC_BASE_URL"), seed_source=seed_source, spent_usd=spent_usd,
+                       **options)
 
 
 def run_command(*, db: Path, name: str | None, resume: bool, config_file: Path | None, seed_file: Path | None,
@@ -95,10 +96,12 @@ def run_command(*, db: Path, name: str | None, resume: bool, config_file: Path |
         if run.status == "finished":
             console.print(f"run '{run.name}' already finished; resuming extends it with the current stop flags")
         cfg = RunConfig.from_dict(run.config)
-        for key in ("generations", "trials", "hours"):  # stop conditions may be changed on resume
+        for key in ("generations", "trials", "hours", "max_llm_dollars"):  # stop conditions may change on resume
             if flags.get(key) is not None:
                 setattr(cfg, key, flags[key])
-        operator = _make_operator(cfg, store.get_individual(store.individuals(run.id, generation=0)[0].id).source)
+        seed_source = store.get_individual(store.individuals(run.id, generation=0)[0].id).source
+        # The dollar cap covers the whole run: what earlier sessions spent counts against it.
+        operator = _make_operator(cfg, seed_source, spent_usd=store.llm_spend(run.id)["cost_usd"])
     else:
         if config_file is None and Path("evo.toml").is_file():
             config_file = Path("evo.toml")

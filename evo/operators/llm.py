@@ -79,9 +79,9 @@ class _Budget:
     others in flight waits for them to settle instead of being refused.
     """
 
-    def __init__(self, max_dollars: float | None):
+    def __init__(self, max_dollars: float | None, spent: float = 0.0):
         self.max = max_dollars
-        self.spent = 0.0
+        self.spent = spent
         self._reserved = 0.0
         self._refused = False
         self._cond = threading.Condition()
@@ -144,11 +144,13 @@ class LLMOperator:
         max_retries: int = 4,
         prompt_token_budget: int = 30_000,
         seed_source: str | None = None,
+        spent_usd: float = 0.0,
     ):
         """`api_key` comes from the caller (who reads the environment); it is sent to the API and
         scrubbed from every error text this operator produces. `seed_source` is the run's
         starting train.py, part of the cached prompt prefix; by default the packaged seed.
-        `temperature` is sent only when given: the current SDK has no sampling parameters, so it
+        `spent_usd` is what the run already spent (a resumed run's calls count against
+        `max_dollars` too). `temperature` is sent only when given: the current SDK has no sampling parameters, so it
         travels in the request body for models and gateways that still accept it."""
         self.model = model
         self.temperature = temperature
@@ -156,7 +158,7 @@ class LLMOperator:
         self.prompt_token_budget = prompt_token_budget
         self._secret = api_key or ""
         self._client = anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=max_retries, timeout=timeout)
-        self._budget = _Budget(max_dollars)
+        self._budget = _Budget(max_dollars, spent_usd)
         self._seed_source = seed_source if seed_source is not None else _packaged_seed()
         self._default_program = _PROGRAM_PATH.read_text(encoding="utf-8") if _PROGRAM_PATH.exists() else ""
 

@@ -1,5 +1,9 @@
-# Fails if any key or token reached the trial's environment.
+# Fails if any key or token reached the trial's environment. Also the seed program of the LLM
+# engine tests (tests/test_llm_engine.py), so every trial of their runs, the LLM's children
+# included, checks its own environment: their scripted edits change the CUDA and MATRIX_LR lines.
 # A minimal well-behaved variant: a bigram model trained through the harness.
+import os
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -7,8 +11,10 @@ import torch.nn.functional as F
 from trainer import harness
 
 h = harness.setup()
-import os
-leaked = sorted(k for k in os.environ if any(s in k for s in ('KEY', 'TOKEN', 'SECRET')))
+CUDA = h.is_cuda
+MATRIX_LR = 0.1
+leaked = sorted(k for k, v in os.environ.items()
+                if any(s in k for s in ('KEY', 'TOKEN', 'SECRET')) or v.startswith('sk-ant'))
 if leaked:
     raise SystemExit(f'secrets in trial environment: {leaked}')
 
@@ -23,7 +29,7 @@ class Bigram(nn.Module):
 
 
 model = Bigram(h.vocab_size).to(h.device)
-opt = torch.optim.Adam(model.parameters(), lr=0.1)
+opt = torch.optim.Adam(model.parameters(), lr=MATRIX_LR)
 batches = h.train_batches(8, 32)
 while not h.done:
     x, y = next(batches)
