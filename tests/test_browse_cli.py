@@ -107,11 +107,16 @@ def two_runs(tmp_path_factory):
         other = trained(b, "depth = 3\n", [seed.id], "offline", "DEPTH 2 → 3", 0.95)
         child = trained(b, "lr = 2\ndepth = 3\n", [winner.id, other.id], "crossover", "DEPTH from the other", 0.85)
         rejected = store.add_rejected(b.id, [child.id], "offline", "LR 2 → 200", "validation: lr is not finite")
-    return db, seed, winner, other, child, rejected
+        crashed = store.add_individual(b.id, "lr = 2\ndepth = 300\n", [child.id], "offline", "DEPTH 3 → 300")
+        trial = store.start_trial(crashed.id, seed=4)
+        store.finish_trial(trial.id, {"outcome": "oom", "val_bpb": None, "message": "CUDA out of memory",
+                                      "stderr_tail": "".join(f"frame {k}\n" for k in range(30))
+                                                     + "torch.OutOfMemoryError: CUDA out of memory\n"})
+    return db, seed, winner, other, child, rejected, crashed
 
 
 def test_lineage_follows_first_parents_into_the_earlier_run(two_runs):
-    db, seed, winner, other, child, _ = two_runs
+    db, seed, winner, other, child, *_ = two_runs
     out = evo("lineage", child.commit[:8], "--db", db, env={"COLUMNS": "80"}).stdout
     lines = out.splitlines()[1:]
     assert len(lines) == 4, out  # seed, winner (run a), child (run b), and the crossover's other parent
@@ -121,7 +126,7 @@ def test_lineage_follows_first_parents_into_the_earlier_run(two_runs):
 
 
 def test_a_rejected_proposal_shows_but_does_not_export(two_runs):
-    db, *_, child, rejected = two_runs
+    db, *_, child, rejected, _ = two_runs
     out = evo("show", rejected.id, "--db", db).stdout
     assert f"#{rejected.id}" in out and "rejected: validation: lr is not finite" in out
     assert f"#{child.id} {child.commit[:8]}" in out and "LR 2 → 200" in out
@@ -129,6 +134,14 @@ def test_a_rejected_proposal_shows_but_does_not_export(two_runs):
     assert proc.returncode != 0 and proc.stdout == ""
     assert proc.stderr == f"Error: individual #{rejected.id} was rejected before it had a source " \
                           "(validation: lr is not finite)\n"
+
+
+def test_show_ends_with_what_broke_a_failed_trial(two_runs):
+    db, *_, child, _, crashed = two_runs
+    lines = evo("show", crashed.id, "--db", db, env={"COLUMNS": "80"}).stdout.splitlines()
+    at = lines.index("stderr of seed 4 (oom), last lines")
+    assert lines[at + 1:at + 13] == [f"frame {k}" for k in range(19, 30)] + ["torch.OutOfMemoryError: CUDA out of memory"]
+    assert lines[at + 14] == f"diff against parent #{child.id} {child.commit[:8]}" and "+depth = 300" in lines
 
 
 @pytest.mark.parametrize("args, message", [

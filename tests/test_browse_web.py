@@ -126,11 +126,18 @@ def test_page_follows_a_run_that_writes(served, page):
         ind = store.add_individual(run.id, parent.source + "# one more\n", [parent.id], "offline",
                                    "written while the page is open")
         trial = store.start_trial(ind.id, seed=7)
-        store.finish_trial(trial.id, {"outcome": "crash", "val_bpb": None, "message": "RuntimeError: boom"})
+        store.finish_trial(trial.id, {"outcome": "crash", "val_bpb": None, "message": "RuntimeError: boom",
+                                      "stderr_tail": "Traceback (most recent call last):\n  File \"train.py\", "
+                                                     "line 90\nRuntimeError: boom"})
         label = f"#{ind.id} {store.get_individual(ind.id).commit[:8]}"
     page.wait_for_function("([label]) => document.querySelector('#trials tbody').textContent.includes(label)",
                            arg=[label], timeout=15_000)  # the page polls every 3 s
     assert "RuntimeError: boom" in page.inner_text("#trials tbody")
+    page.click(f"#trials tbody tr:has-text('{label}')")  # the failed variant, and what broke in it
+    page.click("#tabs button[data-tab=runs]")
+    page.wait_for_selector("#tab-runs pre.stderr")
+    assert page.inner_text("#tab-runs pre.stderr").endswith('File "train.py", line 90\nRuntimeError: boom')
+    page.click("#tabs button[data-tab=diff]")
 
 
 def test_a_rejected_child_opens_from_its_parent(served, page):

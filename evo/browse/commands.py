@@ -69,6 +69,8 @@ def show(ref, db):
 
     ID is an individual's number or a prefix (4+ hex) of its commit or source hash.
     """
+    from rich.text import Text
+
     from evo.browse import data, tables
 
     with data.open_archive(db) as store:
@@ -79,7 +81,13 @@ def show(ref, db):
         trials = store.trials(individual_id=ind.id)
         diffs = [(p, data.diff(p, ind)) for p in parents] if ind.source is not None else []
     console = _console()
-    console.print(tables.show_view(ind, run, parents, elite_cell, trials, diffs, color=console.is_terminal))
+    console.print(tables.show_view(ind, run, parents, elite_cell, trials))
+    for parent, text in diffs:
+        console.print(tables.parent_diff_title(parent))
+        if console.is_terminal:
+            console.print(tables.diff_view(text))
+        else:  # a plain patch when piped: lines kept whole, not wrapped at the terminal's width
+            console.print(Text(text or "(identical sources)"), soft_wrap=True)
 
 
 @click.command()

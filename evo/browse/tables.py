@@ -149,12 +149,22 @@ def _operator_prefix(ind) -> str:
     return "" if (ind.hypothesis or "").startswith(operator) else f"{operator}: "
 
 
+STDERR_LINES = 12  # of a failed trial's stderr tail: enough for the traceback's last frames
+
+
 def show_view(ind: Individual, run: Run, parents: Sequence[Individual], elite_cell: str | None,
-              trials: Sequence[Trial], diffs: Sequence[tuple[Individual, str]], color: bool) -> RenderableType:
+              trials: Sequence[Trial]) -> RenderableType:
+    """The facts, the trials, and the end of each failed trial's stderr (what broke)."""
     parts: list[RenderableType] = [individual_panel(ind, run, parents, elite_cell)]
     if trials:
         parts += [Text(""), Text("trials", style="bold"), trials_table(trials)]
-    for parent, text in diffs:
-        parts += [Text(f"diff against parent {fmt.label(parent)}", style="bold")]
-        parts.append(diff_view(text) if color else Text(text or "(identical sources)"))
+    for t in trials:
+        if t.status == "done" and not t.ok and t.stderr_tail:
+            tail = "\n".join(t.stderr_tail.rstrip().splitlines()[-STDERR_LINES:])
+            parts += [Text(f"stderr of seed {t.seed} ({t.outcome}), last lines", style="bold"),
+                      Text(tail, style="dim"), Text("")]
     return Group(*parts)
+
+
+def parent_diff_title(parent: Individual) -> Text:
+    return Text(f"diff against parent {fmt.label(parent)}", style="bold")

@@ -184,7 +184,8 @@ class Api:
         parents = [store.get_individual(p) for p in ind.parents]
         trials = [{"seed": t.seed, "status": t.status, "outcome": t.outcome, "val_bpb": _num(t.val_bpb),
                    "params": t.params, "tokens": t.tokens, "steps": t.steps, "memory_mb": _num(t.peak_memory_mb),
-                   "seconds": _num(t.training_seconds), "message": t.message or "", "device": t.device}
+                   "seconds": _num(t.training_seconds), "message": t.message or "", "device": t.device,
+                   "stderr_tail": "" if t.ok else (t.stderr_tail or "")}
                   for t in store.trials(individual_id=ind.id)]
         return {
             **_brief(ind), "run": run.name, "generation": ind.generation, "status": ind.status,

@@ -237,11 +237,13 @@ async function select(ref, quiet = false) {
   const runs = $("#tab-runs");
   runs.textContent = "";
   runs.append(el("table", {}, el("thead", {}, el("tr", {}, ["seed", "outcome", "val_bpb", "params", "tokens", "steps", "train s", "message"].map((h) => el("th", {}, h)))),
-    el("tbody", {}, d.trials.map((t) => el("tr", {},
+    el("tbody", {}, d.trials.map((t) => [el("tr", {},
       el("td", { class: "num" }, t.seed), el("td", { class: t.outcome === "ok" ? "" : "bad" }, t.outcome || t.status),
       el("td", { class: "num" }, bpb(t.val_bpb)), el("td", { class: "num" }, count(t.params)), el("td", { class: "num" }, count(t.tokens)),
       el("td", { class: "num" }, t.steps ?? "-"), el("td", { class: "num" }, t.seconds === null ? "-" : t.seconds.toFixed(1)),
-      el("td", {}, t.outcome === "ok" ? "" : t.message))))));
+      el("td", {}, t.outcome === "ok" ? "" : t.message)),
+      // what broke: the end of a failed trial's stderr
+      t.stderr_tail ? el("tr", {}, el("td", { colspan: 8 }, el("pre", { class: "stderr" }, t.stderr_tail))) : null]))));
   state.lineageFor = null;
   if (state.tab === "lineage") await showLineage();
   markSelected();
