@@ -101,6 +101,9 @@ class Reporter:
     def status(self, engine: "Engine") -> None: ...
 
 
+MEMORISING_EPOCHS = 10  # more passes over the train split than this and the score measures memory
+
+
 class Engine:
     def __init__(self, store: Store, run, config: RunConfig, operator, executor: LocalExecutor,
                  reporter: Reporter | None = None):
@@ -307,6 +310,25 @@ class Engine:
         sd = f"{self.noise_sd:.4f}" if self.noise_sd is not None else "n/a"
         self.reporter.message(f"bootstrap: seed val_bpb {_mean([t.val_bpb for t in trials]):.4f}, noise sd {sd} "
                               f"over {len(trials)} seeds; grid {self.grid.n_cells} cells around the seed")
+        self._warn_if_memorising(trials)
+
+    def _warn_if_memorising(self, trials) -> None:
+        """Say so when a trial sees its corpus many times over: on an H100 the 300 s budget runs
+        ~175 epochs of the 2.5M-token stdlib corpus and val_bpb then rewards training *less*
+        (1.13 after 20 s, 1.87 after 300 s), so the search would optimise the wrong thing."""
+        import json
+        from pathlib import Path
+
+        try:
+            n_train = json.loads((Path(self.cfg.dataset_dir) / "manifest.json").read_text())["n_train_tokens"]
+        except (OSError, KeyError, ValueError, TypeError):
+            return
+        tokens = _median([t.tokens for t in trials if t.tokens])
+        if n_train and tokens and tokens / n_train > MEMORISING_EPOCHS:
+            self.reporter.message(
+                f"warning: a trial trains {tokens / n_train:.0f} epochs of this {n_train / 1e6:.1f}M-token corpus, so "
+                f"val_bpb will reward memorising less; prepare a larger one (`evo prepare climbmix --shards N` "
+                f"or `evo prepare files PATH...`) and pass it with --data-dir")
 
     # ------------------------------------------------------------------ trials
 

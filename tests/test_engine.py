@@ -163,3 +163,22 @@ def test_a_file_that_is_not_an_archive_is_refused_untouched(tmp_path):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "notes.db" in proc.stderr
     assert db.read_text() == "these are my notes, not an archive\n"
+
+
+def test_a_corpus_seen_many_times_per_trial_is_warned_about(dataset):
+    """The stdlib corpus under a 300 s H100 budget is ~175 epochs: the run must say so."""
+    import json
+    from types import SimpleNamespace
+
+    from evo.engine import MEMORISING_EPOCHS, Engine
+
+    n_train = json.loads((dataset.path / "manifest.json").read_text())["n_train_tokens"]
+    said = []
+    engine = SimpleNamespace(cfg=SimpleNamespace(dataset_dir=str(dataset.path)),
+                             reporter=SimpleNamespace(message=said.append))
+    few = [SimpleNamespace(tokens=n_train * 2)] * 3
+    Engine._warn_if_memorising(engine, few)
+    assert said == []
+    many = [SimpleNamespace(tokens=n_train * (MEMORISING_EPOCHS + 5))] * 3
+    Engine._warn_if_memorising(engine, many)
+    assert len(said) == 1 and "15 epochs" in said[0] and "climbmix" in said[0]
