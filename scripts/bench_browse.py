@@ -3,11 +3,12 @@
 Builds (once, then reuses) a synthetic archive through the real `Store` API exactly as the engine
 writes one — add_individual / start_trial / finish_trial (which commits each variant to git) /
 tell, plus rejected proposals, failed trials of every kind, re-trained champions and generation
-records — with sources that are real edits of the seed `train.py`. Then times, as medians of
-several runs:
+records — with sources that are real edits of the seed `train.py`. Then times (median and best of
+several runs; the best is the figure where the machine is shared):
 
   the CLI through the real `evo` console script (process start included, as a user waits for it):
-  evo runs, evo elites, evo show, evo lineage, evo diff, evo export ID, evo export --results-tsv;
+  evo runs, evo elites, evo show, evo lineage, evo diff, evo export ID, evo export --results-tsv,
+  evo plot;
   the web page's JSON endpoints over HTTP against a running `evo ui` server, cold (first request
   after a change to the archive) and warm (the page's polling, answered from the cache), one at
   a time and as the page asks for them after a write (the run, progress and trials at once).
@@ -194,6 +195,7 @@ def bench(db: Path, repeats: int) -> None:
         "evo diff": ("diff", ref2, ref),
         "evo export ID -o": ("export", ref, "-o", str(tmp / "train.py")),
         "evo export --results-tsv": ("export", "--results-tsv", str(tmp / "results.tsv")),
+        "evo plot (progress + heatmap, PNG + SVG)": ("plot", "-o", str(tmp)),
     }
     print(f"{'CLI (real console script, process start included)':52s} {'median':>7s} {'best':>7s}")
     _evo("--version")

@@ -44,10 +44,11 @@ LOCAL_NAMES = ("127.0.0.1", "localhost")
 class Api:
     """The JSON answers, keyed by path and query, cached per archive version."""
 
-    def __init__(self, store: Store, db: str):
+    def __init__(self, store: Store):
         self.store = store
-        path = Path(db).expanduser()
-        self._files = [path, path.with_name(path.name + "-wal")] if "://" not in db else None
+        url = store.engine.url  # an SQLite file, named by its path or by a sqlite:/// URL, has files to stat
+        path = Path(url.database) if url.get_backend_name() == "sqlite" and url.database else None
+        self._files = [path, path.with_name(path.name + "-wal")] if path else None
         self._lock = threading.Lock()
         self._version: str | None = None
         self._cache: OrderedDict[str, Any] = OrderedDict()
@@ -285,7 +286,7 @@ def make_server(db: str, port: int) -> BrowserServer:
     """The server, bound but not yet serving; the archive is opened (and checked) first."""
     store = data.open_archive(db)
     try:
-        return BrowserServer(Api(store, db), port)
+        return BrowserServer(Api(store), port)
     except OSError as e:
         store.close()
         raise EvoError(f"cannot listen on 127.0.0.1:{port} ({e.strerror}); pass --port N, or --port 0 for any free port")
