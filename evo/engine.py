@@ -167,7 +167,7 @@ class Engine:
                     f"run ended after {self.finished_trials} trials: the LLM budget is spent"
                     + (f" (${spent:.4f} of ${self.cfg.max_llm_dollars:g})" if spent is not None
                        and self.cfg.max_llm_dollars else "")
-                    + f"; to go on, raise it: evo run --resume --name {self.run.name} --max-llm-dollars N")
+                    + f"; to go on, raise it: {self._resume_command()} --max-llm-dollars N")
             self.store.update_run(self.run.id, status="finished")
         except BaseException:
             self.executor.shutdown(cancel=True)
@@ -515,7 +515,10 @@ class Engine:
             from evo.errors import EvoError
 
             raise EvoError(f"stopped after {self.finished_trials} trials: {self._llm_broken}; "
-                           f"fix the cause and continue with `evo run --resume --name {self.run.name}`")
+                           f"fix the cause and continue with `{self._resume_command()}`")
+
+    def _resume_command(self) -> str:
+        return f"evo run --resume --name {self.run.name} --db {self.store.name}"
 
     def _note_api_failure(self, proposal: Proposal) -> None:
         """A run whose every call fails (a revoked key, no network) would propose forever: stop

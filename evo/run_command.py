@@ -199,7 +199,8 @@ def add_run_command(main: click.Group, data_dir_option) -> None:
     @click.option("--noise-seeds", type=int, default=None, callback=positive_int, help="Seeds for the noise measurement [3].")
     @click.option("--model", default=None, help="LLM model id.")
     @click.option("--max-llm-dollars", type=float, default=None, callback=positive,
-                  help="Stop calling the LLM past this spend; the run then trains what it has and ends.")
+                  help="Stop calling the LLM past this spend (the run's total, resumes included; may be raised "
+                       "on --resume); the run then trains the children it has and ends.")
     @click.option("--temperature", "llm_temperature", type=float, default=None, help="LLM sampling temperature [the model's].")
     @click.option("--llm-timeout", type=float, default=None, callback=positive, help="Seconds per LLM request [300].")
     @click.option("--llm-max-retries", type=click.IntRange(min=0), default=None,
