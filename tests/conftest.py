@@ -63,6 +63,22 @@ def evo(*args, cwd=None, env=None, timeout=600, check=True):
     return proc
 
 
+def start_evo(*args, cwd=None, env=None):
+    """Start the real `evo` in its own process group, where Ctrl-C (SIGINT to the group) reaches it.
+
+    SIGINT goes back to its default handler in the child: a shell that starts pytest in the
+    background without job control sets it to ignored, Python then never raises KeyboardInterrupt,
+    and a Ctrl-C test would see a run that simply finishes.
+    """
+    import os
+    import signal
+    import subprocess
+
+    return subprocess.Popen(["evo", *map(str, args)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, env={**os.environ, **(env or {})},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
 @pytest.fixture(scope="session")
 def fast_toml(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cfg") / "evo.toml"

@@ -13,7 +13,7 @@ import pytest
 
 from population.noise import is_improvement
 from population.store import Store
-from tests.conftest import evo
+from tests.conftest import evo, start_evo
 
 
 def _git(db, *args) -> str:
@@ -66,8 +66,7 @@ def _done_trials(db, name):
 
 
 def _start(args, cwd):
-    return subprocess.Popen(["evo", *map(str, args)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True, text=True)
+    return start_evo(*args, cwd=cwd)
 
 
 def _wait_for_trials(db, name, n, proc, timeout=300):

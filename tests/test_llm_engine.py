@@ -24,7 +24,7 @@ import time
 import pytest
 
 from population.store import Store
-from tests.conftest import VARIANTS, evo
+from tests.conftest import VARIANTS, evo, start_evo
 from tests.support.messages_server import Fail, MessagesServer, Reply
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -257,9 +257,7 @@ def test_ctrl_c_does_not_wait_for_the_llm_and_resume_trains_the_children_already
         cfg.write_text(TOML)
         args = ["run", "--db", db, "--name", "llm", "--operator", "llm", "--budget", 1, "--config", cfg,
                 "--seed-file", SEED, "--trials", 3, "--data-dir", dataset.path]
-        proc = subprocess.Popen(["evo", *map(str, args)], cwd=tmp_path, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True,
-                                env={**os.environ, "ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": server.url})
+        proc = start_evo(*args, cwd=tmp_path, env={"ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": server.url})
         deadline = time.monotonic() + 120
         while len(server.requests) < 2 or server.in_flight == 0:
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]

@@ -12,8 +12,6 @@ Hyperparameters are the module-level constants below: `A if CUDA else B` gives t
 first, then the CPU one. The offline operator mutates them through the syntax tree.
 """
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
