@@ -120,6 +120,7 @@ def bookkeeping(args) -> None:
     """Per-trial engine work with an archive of `args.archive_size` individuals."""
     from population.mapelites import Grid
 
+    from evo.operators.validate import validate_child
     from evo.selection import select_parents
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,8 +135,10 @@ def bookkeeping(args) -> None:
             src = child.source or source + f"\n# {rng.random()}\n"
             try:
                 ind = store.add_individual(run.id, src, parents, "offline", child.hypothesis)
-            except Exception:
-                ind = store.add_individual(run.id, src + f"\n# {rng.random()}\n", parents, "offline", child.hypothesis)
+            except Exception:  # a duplicate: stand in a distinct child, validated as any new source is
+                src += f"\n# {rng.random()}\n"
+                validate_child(src)
+                ind = store.add_individual(run.id, src, parents, "offline", child.hypothesis)
             t = store.start_trial(ind.id, 0)
             store.finish_trial(t.id, dict(fake, val_bpb=2 + rng.random(), params=int(10 ** rng.uniform(4, 8)),
                                           tokens=int(10 ** rng.uniform(3, 7))))

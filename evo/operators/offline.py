@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import Callable, Iterable, Union
 
 from evo.operators.base import ArchiveContext, ParentInfo, Proposal
-from evo.operators.validate import parse, validate_child
+from evo.operators.validate import parse, validate_child, vouch
 
 Value = Union[bool, int, float]
 
@@ -332,19 +332,16 @@ class OfflineOperator:
 
     def _finish(self, parents: list[int], hypothesis: str, child: str, sources: tuple[str, ...]) -> Proposal:
         # The child differs from its parents only in numeric/bool literals, which no validation
-        # rule looks at: the parents' (cached) verdicts are the child's, without a parse.
-        reason = next((r for r in map(_validate_cached, sources) if r is not None), None)
+        # rule looks at: the parents' verdicts are the child's, vouched for so that it needs no
+        # parse when it becomes a parent itself.
+        reason = next((r for r in map(validate_child, sources) if r is not None), None)
+        vouch(child, reason)
         if reason is not None:
             return self._reject(parents, f"child fails validation: {reason}", hypothesis)
         return Proposal(operator=self.name, parents=parents, hypothesis=hypothesis, source=child)
 
     def _reject(self, parents: list[int], reason: str, hypothesis: str = "") -> Proposal:
         return Proposal(operator=self.name, parents=parents, hypothesis=hypothesis, rejected=reason)
-
-
-@lru_cache(maxsize=256)
-def _validate_cached(source: str) -> str | None:
-    return validate_child(source)
 
 
 def _linked_units(names: list[str]) -> list[list[str]]:

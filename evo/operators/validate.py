@@ -11,8 +11,10 @@ scrubbed environment and the harness's own checks remain the real guarantees.
 from __future__ import annotations
 
 import ast
+import hashlib
 import sys
 import threading
+from collections import OrderedDict
 
 # Third-party packages a variant may import: the ones the harness itself already needs.
 ALLOWED_PACKAGES = frozenset({"torch", "numpy"})
@@ -52,16 +54,65 @@ def parse(source: str) -> ast.Module:
 
 
 def validate_child(source: str) -> str | None:
-    """None if `source` may be trained, else a one-line reason it may not."""
+    """None if `source` may be trained, else a one-line reason it may not.
+
+    Remembered by source: an elite is validated when it is made and again each time it becomes a
+    parent, and a parse of the seed-size file costs ~10 ms of the engine's per-trial budget.
+    """
+    known, reason = _VERDICTS.get(source)
+    if known:
+        return reason
     try:
         tree = parse(source)
     except SyntaxError as e:
-        return f"{SYNTAX_ERROR_PREFIX} at line {e.lineno}: {e.msg}"
-    try:
-        _Checker(tree).check()
-    except _Violation as v:
-        return str(v)
-    return None
+        reason = f"{SYNTAX_ERROR_PREFIX} at line {e.lineno}: {e.msg}"
+    else:
+        try:
+            _Checker(tree).check()
+        except _Violation as v:
+            reason = str(v)
+    _VERDICTS.put(source, reason)
+    return reason
+
+
+def vouch(source: str, reason: str | None) -> None:
+    """Record a verdict known without a parse: the offline operator's children differ from their
+    parents only in literals, which no rule looks at, so they inherit their parents' verdict."""
+    _VERDICTS.put(source, reason)
+
+
+class _VerdictCache:
+    """Verdicts by source digest, most recent kept; shared by the operators' proposal threads.
+
+    Keyed by a 16-byte digest, so it remembers every variant of a long run (an elite may become a
+    parent thousands of proposals after it was made) without holding the sources.
+    """
+
+    def __init__(self, size: int):
+        self._size, self._items, self._lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, source: str) -> tuple[bool, str | None]:
+        key = _digest(source)
+        with self._lock:
+            if key not in self._items:
+                return False, None
+            self._items.move_to_end(key)
+            return True, self._items[key]
+
+    def put(self, source: str, reason: str | None) -> None:
+        key = _digest(source)
+        with self._lock:
+            self._items[key] = reason
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+def _digest(source: str) -> bytes:
+    return hashlib.blake2b(source.encode(), digest_size=16).digest()
+
+
+_VERDICTS = _VerdictCache(100_000)
 
 
 def _dotted(node: ast.AST) -> str | None:
