@@ -272,7 +272,9 @@ def test_ctrl_c_does_not_wait_for_the_llm_and_resume_trains_the_children_already
         with Store.open(db, readonly=True) as store:
             run = store.get_run("llm")
             assert run.status == "stopped" and not store.running_trials(run.id)
-            [child] = [i for i in store.individuals(run.id) if i.operator == "llm"]
+            children = [i for i in store.individuals(run.id) if i.operator == "llm"]
+            assert len(children) == 1, ([c.hypothesis for c in children], f"stopped {waited:.1f}s after Ctrl-C")
+            [child] = children
             assert child.hypothesis == "made during the bootstrap" and child.n_trials == 0
         # the stop condition may change on resume: the seed's trial and the child, no new proposal
         evo_llm(server, tmp_path, "--trials", 2, resume=True)

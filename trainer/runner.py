@@ -1,9 +1,11 @@
-"""Run one trial: a variant's train.py in a fresh subprocess, with a hard wall-clock kill.
+"""Run one trial: a variant's train.py in its own process, with a hard wall-clock kill.
 
 The subprocess gets its own directory, an allow-listed environment (no API keys or tokens of any
 kind can reach LLM-written code), the seed, device and budget through a JSON config, and its own
 process group so a kill takes everything it started. What comes back is a `TrialResult`: the
 harness's JSON if it wrote one, else an outcome classified from exit status and stderr.
+On CPU the process is forked from one that has already imported torch (`trainer.forkserver`);
+`EVO_TRIAL_START=spawn` gives every trial a fresh interpreter instead.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from trainer import forkserver
 from trainer.trial_config import CONFIG_ENV, TrialConfig
 from trainer.outcomes import CANCELLED, classify
 
@@ -112,7 +115,26 @@ def _command() -> list[str]:
     return [sys.executable, "train.py"]
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _start(work: Path, env: dict[str, str], device: str, cancel: threading.Event | None):
+    """`python train.py` in `work`, in its own session, output to stdout.log and stderr.log; None
+    if cancelled before it started.
+
+    CPU trials are forked from a process that has already imported torch (trainer.forkserver);
+    CUDA trials, and any trial the fork server cannot start, get a fresh interpreter.
+    """
+    cpu = device == "cpu" or (device == "auto" and not _cuda_available())
+    server = forkserver.shared(scrubbed_env()) if cpu else None
+    if server is not None:
+        try:
+            return server.launch(work, env, work / "stdout.log", work / "stderr.log", cancel)
+        except forkserver.ForkServerError:
+            pass  # a trial must not be lost to the accelerator; the spawned path is always there
+    with (work / "stdout.log").open("wb") as out, (work / "stderr.log").open("wb") as err:
+        return subprocess.Popen(_command(), cwd=work, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+
+
+def _kill_group(proc) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -171,25 +193,23 @@ def run_trial(
                           device=device, budget=budget, threads=threads, launch_time=time.time(), **harness_options)
         (work / "config.json").write_text(json.dumps(asdict(cfg)))
         limit = limit or wall_limit(budget, device)
-        with (work / "stdout.log").open("wb") as out, (work / "stderr.log").open("wb") as err:
-            proc = subprocess.Popen(
-                _command(), cwd=work, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                env=scrubbed_env({CONFIG_ENV: str(work / "config.json"), **(env or {})}), start_new_session=True,
-            )
-            timed_out = cancelled = False
-            try:
-                while proc.poll() is None:
-                    if time.time() - t0 > limit:
-                        timed_out = True
-                        _kill_group(proc)
-                    elif cancel is not None and cancel.is_set():
-                        cancelled = True
-                        _kill_group(proc)
-                    else:
-                        time.sleep(0.05)
-            except BaseException:
-                _kill_group(proc)  # Ctrl-C in a caller without a cancel event: leave no orphans
-                raise
+        proc = _start(work, scrubbed_env({CONFIG_ENV: str(work / "config.json"), **(env or {})}), device, cancel)
+        if proc is None:
+            return _with(base, outcome=CANCELLED, message="cancelled", total_seconds=time.time() - t0)
+        timed_out = cancelled = False
+        try:
+            while proc.poll() is None:
+                if time.time() - t0 > limit:
+                    timed_out = True
+                    _kill_group(proc)
+                elif cancel is not None and cancel.is_set():
+                    cancelled = True
+                    _kill_group(proc)
+                else:
+                    time.sleep(0.05)
+        except BaseException:
+            _kill_group(proc)  # Ctrl-C in a caller without a cancel event: leave no orphans
+            raise
         total = time.time() - t0
         stderr = _tail(work / "stderr.log")
         if cancelled:

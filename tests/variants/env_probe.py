@@ -13,8 +13,13 @@ from trainer import harness
 h = harness.setup()
 CUDA = h.is_cuda
 MATRIX_LR = 0.1
-leaked = sorted(k for k, v in os.environ.items()
-                if any(s in k for s in ('KEY', 'TOKEN', 'SECRET')) or v.startswith('sk-ant'))
+# os.environ, and the process's own environment block: a trial forked from a server that was
+# started with the coordinator's environment would show the key there, whatever os.environ says.
+pairs = list(os.environ.items())
+if os.path.exists('/proc/self/environ'):
+    with open('/proc/self/environ', 'rb') as f:
+        pairs += [tuple(e.decode(errors='replace').partition('=')[::2]) for e in f.read().split(b'\0') if e]
+leaked = sorted({k for k, v in pairs if any(s in k for s in ('KEY', 'TOKEN', 'SECRET')) or v.startswith('sk-ant')})
 if leaked:
     raise SystemExit(f'secrets in trial environment: {leaked}')
 
