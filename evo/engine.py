@@ -130,7 +130,6 @@ class Engine:
         self._made: dict[int, int] = {}  # generation -> children accepted
         self._attempts: dict[int, int] = {}  # generation -> proposals tried
         self._recorded_generations = {g.generation for g in store.generations(run.id)}
-        self._final_checked = False
         self._told_exhausted = False
         self._noise_owed = 0  # bootstrap trials not dispatched yet
         self._api_failures = 0  # proposals in a row that ended on an API error (bad key, no network...)
@@ -249,12 +248,11 @@ class Engine:
             return False
         if self._open_generation() is not None and not self._operator_exhausted():
             return False
-        # All generations made and trained: re-validate the champions once, then stop.
-        if not self._final_checked:
-            self._final_checked = True
-            self._queue_champions(k=3)
-            return not self.retrain
-        return True
+        # All generations made and trained: re-validate the champions, until the top 3 all have
+        # their seeds (a re-train can demote one and promote an individual trained once). Ends:
+        # each pass adds seeds, and no individual gets more than `champion_seeds`.
+        self._queue_champions(k=3)
+        return not self.retrain
 
     # ------------------------------------------------------------------ bootstrap
 

@@ -161,8 +161,8 @@ def _print_summary(store, run, console: Console) -> None:
     elites = store.elites(run.id)
     console.print(f"[bold]done[/]: {len(store.trials(run.id, status='done'))} trials, {len(elites)} elites")
     for ind in best:
-        console.print(f"  #{ind.id} val_bpb {ind.val_bpb_mean:.4f} ± {ind.val_bpb_sd or 0:.4f} "
-                      f"(n={ind.n_ok}) {ind.hypothesis or ''}")
+        sd = f" ± {ind.val_bpb_sd:.4f}" if ind.n_ok > 1 and ind.val_bpb_sd is not None else ""
+        console.print(f"  #{ind.id} val_bpb {ind.val_bpb_mean:.4f}{sd} (n={ind.n_ok}) {ind.hypothesis or ''}")
     console.print("browse: evo elites | evo show ID | evo plot | evo ui")
 
 

@@ -54,8 +54,8 @@ def test_short_run_leaves_an_archive_and_git_store_that_agree(short_run):
     assert len({(t.individual_id, t.seed) for t in trials}) == len(trials)
     assert all(t.status == "done" for t in trials)
     assert [g.generation for g in store.generations(run.id)] == [0, 1]
-    # the champion was re-validated on new seeds before being reported
-    assert store.best(run.id, 1)[0].n_ok >= 2
+    # the champions (the top 3 as the run ends) were re-validated on new seeds before being reported
+    assert all(i.n_ok >= 2 or i.n_trials > i.n_ok for i in store.best(run.id, 3))  # a failed seed: no champion
     store.close()
 
 
