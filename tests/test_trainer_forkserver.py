@@ -67,12 +67,13 @@ def test_spawn_gives_a_fresh_interpreter(dataset, tmp_path, monkeypatch, fresh_s
     "import sys\nprint('partial', flush=True)\nsys.exit(3)\n",
     "import sys\nsys.exit('a message')\n",
     "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n",
+    "raise KeyboardInterrupt\n",
 ])
 def test_exit_status_and_stderr_match_a_fresh_interpreter(dataset, monkeypatch, body, fresh_server):
     forked = trial(dataset, body)
     monkeypatch.setenv("EVO_TRIAL_START", "spawn")
     spawned = trial(dataset, body)
-    assert forked.exit_code == spawned.exit_code != 0
+    assert forked.exit_code == spawned.exit_code != 0, (forked.stderr_tail, spawned.stderr_tail)
     assert forked.outcome == spawned.outcome
     assert forked.stderr_tail.strip().splitlines()[-1:] == spawned.stderr_tail.strip().splitlines()[-1:]
     if "ValueError" in body:  # the traceback starts in train.py, not in the server's runpy
@@ -94,6 +95,45 @@ def test_ctrl_c_does_not_wait_for_the_server_to_finish_importing(dataset, tmp_pa
     work = tmp_path / "w"
     r = trial(dataset, PROBE, workdir=work, cancel=cancel)
     assert r.outcome == "cancelled" and not (work / "stdout.log").exists()  # never forked
+
+
+def test_a_relative_workdir_is_the_trial_directory(dataset, tmp_path, monkeypatch, fresh_server):
+    monkeypatch.chdir(tmp_path)
+    trial(dataset, PROBE, workdir="rel")
+    assert Path((tmp_path / "rel" / "probe.txt").read_text().split()[3]) == (tmp_path / "rel").resolve()
+
+
+SURVIVOR = textwrap.dedent("""\
+    import os, subprocess, sys, time
+    if 'torch' in sys.modules:  # forked: start a grandchild, then wait to be orphaned
+        p = subprocess.Popen(['sleep', '300'])
+        open('grandchild', 'w').write(str(p.pid))
+        while True:
+            time.sleep(1)
+    open('spawned', 'w').write('yes')  # the runner's second try, in a fresh interpreter
+""")
+
+
+def test_a_trial_the_server_dies_under_is_trained_again_not_charged(dataset, tmp_path, fresh_server):
+    work = tmp_path / "w"
+    result = {}
+    runner = threading.Thread(target=lambda: result.update(r=trial(dataset, SURVIVOR, workdir=work, limit=120)))
+    runner.start()
+    deadline = time.time() + 120
+    while not (work / "grandchild").exists() or not (work / "grandchild").read_text():
+        assert time.time() < deadline, "the forked trial never started"
+        time.sleep(0.1)
+    grandchild = int((work / "grandchild").read_text())
+    forkserver._server._proc.kill()
+    runner.join(60)
+    assert not runner.is_alive()
+    r = result["r"]
+    assert r.outcome == "no_result" and r.exit_code == 0, (r.outcome, r.message)  # not "oom" from the -9
+    assert (work / "spawned").read_text() == "yes"
+    deadline = time.time() + 10
+    while _running(grandchild) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _running(grandchild), "the trial's own child outlived the lost trial"
 
 
 COORDINATOR = textwrap.dedent("""\

@@ -3,8 +3,8 @@
 A trial in a fresh interpreter spends 3–12 s importing torch on a small CPU machine (more than a
 6 s-budget trial trains); forking a process that paid that once costs milliseconds. The server
 is started with the scrubbed trial environment, so neither it nor its children ever held the
-coordinator's keys, and it never runs a torch op itself, so its children start from a process
-with no thread pools to break. Each child is what `python train.py` would be: its own process
+coordinator's keys, and it never runs a torch op itself, so no intra-op thread pool exists to
+be broken by the fork (OpenBLAS's one idle thread is shut down by its own fork handler). Each child is what `python train.py` would be: its own process
 group (the runner kills the whole group; the server has a session of its own), directory,
 environment, stdout and stderr files, and the same exit status (a traceback and 1 for an
 uncaught exception, -N for a signal). No trial shares a process with another.
@@ -42,7 +42,11 @@ _PR_SET_PDEATHSIG = 1
 
 
 def serve() -> None:
-    """The server's loop: read requests on stdin, fork a child for each, report exits."""
+    """The server's loop: read requests on stdin, fork a child for each, report exits.
+
+    However it ends (the coordinator gone, a broken reply pipe, a bug here), it takes its trials'
+    process groups with it: a trial never outlives the server that reports on it.
+    """
     reply_fd = os.dup(1)
     os.dup2(2, 1)  # anything an import prints goes to stderr, never into the protocol
     for name in PRELOAD:
@@ -52,38 +56,43 @@ def serve() -> None:
     def send(msg: dict) -> None:
         os.write(reply_fd, (json.dumps(msg) + "\n").encode())
 
-    send({"ready": True})
-    sel = selectors.DefaultSelector()
-    sel.register(0, selectors.EVENT_READ)
-    buf = b""
-    while True:
-        if sel.select(timeout=0.05):
-            data = os.read(0, 1 << 16)
-            if not data:  # the coordinator is gone: take its trials with it
-                for pid in children:
-                    _kill_group(pid)
-                for pid in children:
-                    os.waitpid(pid, 0)
-                return
-            buf += data
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                req = json.loads(line)
+    try:
+        send({"ready": True})
+        sel = selectors.DefaultSelector()
+        sel.register(0, selectors.EVENT_READ)
+        buf = b""
+        while True:
+            if sel.select(timeout=0.05):
+                data = os.read(0, 1 << 16)
+                if not data:
+                    return  # the coordinator is gone
+                buf += data
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    rid = None
+                    try:
+                        req = json.loads(line)
+                        rid = req["id"]
+                        pid = _fork_trial(req, close=(reply_fd, sel.fileno()))
+                    except (ValueError, KeyError, TypeError, OSError) as e:
+                        send({"id": rid, "error": f"cannot start the trial: {e!r}"})
+                        continue
+                    children[pid] = rid
+                    send({"id": rid, "pid": pid})
+            while children:
                 try:
-                    pid = _fork_trial(req, close=(reply_fd, sel.fileno()))
-                except OSError as e:
-                    send({"id": req["id"], "error": f"fork failed: {e}"})
-                    continue
-                children[pid] = req["id"]
-                send({"id": req["id"], "pid": pid})
-        while children:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            send({"id": children.pop(pid), "returncode": os.waitstatus_to_exitcode(status)})
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                send({"id": children.pop(pid), "returncode": os.waitstatus_to_exitcode(status)})
+    finally:
+        for pid in children:
+            _kill_group(pid)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
 
 
 def _fork_trial(req: dict, close: tuple[int, ...]) -> int:
@@ -127,8 +136,8 @@ def _redirect(fd: int, path: str, flags: int) -> None:
 def _run_main(path: str) -> int:
     """Run `path` as `python path` would, and return the exit status it would have."""
     import atexit
+    import gc
     import runpy
-    import traceback
 
     sys.argv = [path]
     sys.path[0] = os.path.dirname(path)
@@ -145,17 +154,23 @@ def _run_main(path: str) -> int:
         tb = e.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename != path:
             tb = tb.tb_next  # drop runpy's frames: the traceback starts in train.py, as it would
-        traceback.print_exception(type(e), e, tb or e.__traceback__)
-        code = 1
+        tb = tb or e.__traceback__
+        sys.excepthook(type(e), e.with_traceback(tb), tb)
+        # An uncaught Ctrl-C ends a fresh interpreter by SIGINT itself (status -2), not with 1.
+        code = -signal.SIGINT if isinstance(e, KeyboardInterrupt) else 1
     try:
         threading._shutdown()  # type: ignore[attr-defined]  # wait for non-daemon threads, as exit does
         atexit._run_exitfuncs()
+        gc.collect()  # finalizers: files a variant left open in its globals get flushed
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except Exception:
                 pass
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
     return code
 
 
@@ -174,14 +189,16 @@ class ForkServerError(RuntimeError):
 
 
 class Child:
-    """A forked trial, with the part of `subprocess.Popen` the runner uses."""
+    """A forked trial, with the part of `subprocess.Popen` the runner uses. `lost`: the server died
+    before reporting its exit (the trial died with it; its status says nothing about the variant)."""
 
-    def __init__(self, server: "ForkServer", rid: int):
-        self._server, self._rid = server, rid
+    def __init__(self, rid: int):
+        self.rid = rid
         self._started, self._exited = threading.Event(), threading.Event()
         self.pid: int | None = None
         self.returncode: int | None = None
         self.error: str | None = None
+        self.lost = False
 
     def poll(self) -> int | None:
         return self.returncode if self._exited.is_set() else None
@@ -196,12 +213,13 @@ class ForkServer:
     """One server per coordinator process; thread-safe `launch`."""
 
     def __init__(self, env: dict[str, str]):
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the table of children
+        self._write_lock = threading.Lock()  # the request pipe (never held while the table is)
         self._children: dict[int, Child] = {}
         self._next_id = 0
         self._ready = threading.Event()
         self._dead: str | None = None
-        self._was_ready = False
+        self.ever_ready = False
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "trainer.forkserver"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, env=env, start_new_session=True, cwd=str(Path(__file__).resolve().parent.parent),
@@ -212,78 +230,77 @@ class ForkServer:
     def alive(self) -> bool:
         return self._dead is None
 
-    @property
-    def ever_ready(self) -> bool:
-        return self._ready.is_set() and self._was_ready
-
-
     def launch(self, cwd: Path, env: dict[str, str], stdout: Path, stderr: Path,
-               cancel: threading.Event | None = None) -> Child | None:
+               cancel: threading.Event | None = None, ready_within: float = READY_TIMEOUT) -> Child | None:
         """Fork a trial running `cwd/train.py`; None if `cancel` was set while the server was still
         importing (Ctrl-C must not wait for that); raises ForkServerError if the server cannot."""
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + min(ready_within, READY_TIMEOUT)
         while not self._ready.wait(0.05):
             if cancel is not None and cancel.is_set():
                 return None
             if time.monotonic() > deadline:
-                raise ForkServerError("the fork server did not start")
-        if self._dead:
-            raise ForkServerError(self._dead)
+                self.close()  # stuck importing: no later trial should wait for it again
+                raise ForkServerError("the fork server did not start in time")
         with self._lock:
             if self._dead:
                 raise ForkServerError(self._dead)
             self._next_id += 1
-            child = Child(self, self._next_id)
-            self._children[child._rid] = child
-            req = {"id": child._rid, "cwd": str(cwd), "env": env, "stdout": str(stdout), "stderr": str(stderr)}
-            try:
+            child = self._children[self._next_id] = Child(self._next_id)
+        req = {"id": child.rid, "cwd": str(cwd), "env": env, "stdout": str(stdout), "stderr": str(stderr)}
+        try:
+            with self._write_lock:
                 self._proc.stdin.write((json.dumps(req) + "\n").encode())
                 self._proc.stdin.flush()
-            except OSError as e:
-                self._children.pop(child._rid, None)
-                raise ForkServerError(f"the fork server is gone: {e}") from e
-        child._started.wait()
-        if child.pid is None:
-            raise ForkServerError(child.error or self._dead or "the fork server did not start the trial")
+        except (OSError, ValueError) as e:
+            with self._lock:
+                self._children.pop(child.rid, None)
+            raise ForkServerError(f"the fork server is gone: {e}") from e
+        if not child._started.wait(READY_TIMEOUT) or child.pid is None:
+            raise ForkServerError(child.error or self._dead or "the fork server did not answer")
         return child
 
     def _read(self) -> None:
-        for line in self._proc.stdout:
-            msg = json.loads(line)
-            if msg.get("ready"):
-                self._was_ready = True
-                self._ready.set()
-                continue
-            with self._lock:
-                child = self._children.get(msg["id"])
-            if child is None:
-                continue
-            if "pid" in msg:
-                child.pid = msg["pid"]
-                child._started.set()
-            elif "error" in msg:
-                child.error = msg["error"]
-                child._started.set()
-            else:
-                child.returncode = msg["returncode"]
+        try:
+            for line in self._proc.stdout:
+                msg = json.loads(line)
+                if msg.get("ready"):
+                    self.ever_ready = True
+                    self._ready.set()
+                    continue
                 with self._lock:
-                    self._children.pop(child._rid, None)
+                    child = self._children.get(msg.get("id"))
+                    if child is not None and "returncode" in msg:
+                        del self._children[child.rid]
+                if child is None:
+                    continue
+                if "pid" in msg:
+                    child.pid = msg["pid"]
+                    child._started.set()
+                elif "error" in msg:
+                    child.error = msg["error"]
+                    with self._lock:
+                        self._children.pop(child.rid, None)
+                    child._started.set()
+                else:
+                    child.returncode = msg["returncode"]
+                    child._exited.set()
+        except Exception as e:  # a garbled reply: treat the server as dead rather than hang its trials
+            self._dead = f"the fork server's reply could not be read: {e!r}"
+            self.close()
+        finally:
+            self._dead = self._dead or f"the fork server exited (status {self._proc.wait()})"
+            self._ready.set()
+            with self._lock:
+                orphans, self._children = list(self._children.values()), {}
+            for child in orphans:  # they died with it (PDEATHSIG); say so rather than hang
+                child.error, child.lost, child.returncode = self._dead, True, -signal.SIGKILL
+                child._started.set()
                 child._exited.set()
-        self._dead = f"the fork server exited (status {self._proc.wait()})"
-        self._ready.set()
-        with self._lock:
-            orphans, self._children = list(self._children.values()), {}
-        for child in orphans:  # its trials died with it (PDEATHSIG); say so rather than hang
-            child.error, child.returncode = self._dead, -signal.SIGKILL
-            child._started.set()
-            child._exited.set()
 
     def close(self) -> None:
         """Stop the server; it kills any trial still running."""
-        try:
+        with contextlib.suppress(OSError, ValueError):
             self._proc.stdin.close()
-        except OSError:
-            pass
         try:
             self._proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -295,14 +312,16 @@ _server_lock = threading.Lock()
 
 
 def shared(env: dict[str, str]) -> ForkServer | None:
-    """The process's fork server, started on first use; None where forking is not offered."""
+    """The process's fork server, started on first use; None where forking is not offered, or
+    where a server could not even start (do not pay its start-up again on every trial)."""
     global _server
     if not sys.platform.startswith("linux") or os.environ.get("EVO_TRIAL_START", "fork") == "spawn":
         return None
     with _server_lock:
         if _server is not None and not _server.alive:
             if not _server.ever_ready:
-                return None  # it cannot even start here: do not pay its start-up on every trial
+                return None
+            _server.close()
             _server = None
         if _server is None:
             _server = ForkServer(env)

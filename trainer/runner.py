@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from trainer import forkserver
@@ -115,23 +115,45 @@ def _command() -> list[str]:
     return [sys.executable, "train.py"]
 
 
-def _start(work: Path, env: dict[str, str], device: str, cancel: threading.Event | None):
-    """`python train.py` in `work`, in its own session, output to stdout.log and stderr.log; None
-    if cancelled before it started.
+def _start(work: Path, env: dict[str, str], device: str, cancel: threading.Event | None, limit: float,
+           fork: bool = True):
+    """`python train.py` in `work`, in its own process group, output to stdout.log and stderr.log;
+    None if cancelled before it started.
 
     CPU trials are forked from a process that has already imported torch (trainer.forkserver);
     CUDA trials, and any trial the fork server cannot start, get a fresh interpreter.
     """
     cpu = device == "cpu" or (device == "auto" and not _cuda_available())
-    server = forkserver.shared(scrubbed_env()) if cpu else None
+    server = forkserver.shared(scrubbed_env()) if cpu and fork else None
     if server is not None:
         try:
-            return server.launch(work, env, work / "stdout.log", work / "stderr.log", cancel)
+            return server.launch(work, env, work / "stdout.log", work / "stderr.log", cancel, ready_within=limit)
         except forkserver.ForkServerError:
             pass  # a trial must not be lost to the accelerator; the spawned path is always there
     with (work / "stdout.log").open("wb") as out, (work / "stderr.log").open("wb") as err:
         return subprocess.Popen(_command(), cwd=work, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True)
+
+
+def _supervise(proc, limit: float, cancel: threading.Event | None) -> tuple[bool, bool]:
+    """Wait for the trial; kill its group `limit` seconds after it started, or when cancelled.
+    Returns (timed_out, cancelled)."""
+    started = time.time()
+    timed_out = cancelled = False
+    try:
+        while proc.poll() is None:
+            if time.time() - started > limit:
+                timed_out = True
+                _kill_group(proc)
+            elif cancel is not None and cancel.is_set():
+                cancelled = True
+                _kill_group(proc)
+            else:
+                time.sleep(0.05)
+    except BaseException:
+        _kill_group(proc)  # Ctrl-C in a caller without a cancel event: leave no orphans
+        raise
+    return timed_out, cancelled
 
 
 def _kill_group(proc) -> None:
@@ -175,7 +197,7 @@ def run_trial(
         raise ValueError(f"--budget must be a positive number of seconds, got {budget}")
     text = source.read_text() if isinstance(source, Path) else source
     own_dir = workdir is None
-    work = Path(tempfile.mkdtemp(prefix="evo-trial-")) if own_dir else Path(workdir)
+    work = Path(tempfile.mkdtemp(prefix="evo-trial-")) if own_dir else Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     base = TrialResult(outcome="crash", seed=seed, device=device, budget=budget)
     t0 = time.time()
@@ -193,23 +215,20 @@ def run_trial(
                           device=device, budget=budget, threads=threads, launch_time=time.time(), **harness_options)
         (work / "config.json").write_text(json.dumps(asdict(cfg)))
         limit = limit or wall_limit(budget, device)
-        proc = _start(work, scrubbed_env({CONFIG_ENV: str(work / "config.json"), **(env or {})}), device, cancel)
+        trial_env = scrubbed_env({CONFIG_ENV: str(work / "config.json"), **(env or {})})
+        proc = _start(work, trial_env, device, cancel, limit)
         if proc is None:
             return _with(base, outcome=CANCELLED, message="cancelled", total_seconds=time.time() - t0)
-        timed_out = cancelled = False
-        try:
-            while proc.poll() is None:
-                if time.time() - t0 > limit:
-                    timed_out = True
-                    _kill_group(proc)
-                elif cancel is not None and cancel.is_set():
-                    cancelled = True
-                    _kill_group(proc)
-                else:
-                    time.sleep(0.05)
-        except BaseException:
-            _kill_group(proc)  # Ctrl-C in a caller without a cancel event: leave no orphans
-            raise
+        timed_out, cancelled = _supervise(proc, limit, cancel)
+        if getattr(proc, "lost", False) and not cancelled:
+            # The fork server died under the trial: not the variant's doing, though its status would
+            # read as SIGKILL ("oom"). Processes the trial started outlive it; kill them and train
+            # the variant again in a fresh interpreter.
+            _kill_group(proc)
+            result_path.unlink(missing_ok=True)
+            (work / "config.json").write_text(json.dumps(asdict(replace(cfg, launch_time=time.time()))))
+            proc = _start(work, trial_env, device, cancel, limit, fork=False)
+            timed_out, cancelled = _supervise(proc, limit, cancel)
         total = time.time() - t0
         stderr = _tail(work / "stderr.log")
         if cancelled:
