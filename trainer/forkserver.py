@@ -4,10 +4,11 @@ A trial in a fresh interpreter spends 3–12 s importing torch on a small CPU ma
 6 s-budget trial trains); forking a process that paid that once costs milliseconds. The server
 is started with the scrubbed trial environment, so neither it nor its children ever held the
 coordinator's keys, and it never runs a torch op itself, so no intra-op thread pool exists to
-be broken by the fork (OpenBLAS's one idle thread is shut down by its own fork handler). Each child is what `python train.py` would be: its own process
-group (the runner kills the whole group; the server has a session of its own), directory,
-environment, stdout and stderr files, and the same exit status (a traceback and 1 for an
-uncaught exception, -N for a signal). No trial shares a process with another.
+be broken by the fork (OpenBLAS's one idle thread is shut down by its own fork handler). Each
+child is what `python train.py` would be: its own process group (the runner kills the whole
+group; the server has a session of its own), directory, environment, stdout and stderr files,
+and the same exit status (a traceback and 1 for an uncaught exception, -N for a signal). No
+trial shares a process with another.
 
 CUDA trials keep the spawned interpreter (`trainer.runner`): a 300 s GPU trial gains ~1% from
 this, and CUDA must never be initialised before a fork. When the coordinator dies, the server
@@ -20,9 +21,12 @@ answers {"ready": true} once, then {"id", "pid"} (or {"id", "error"}) per reques
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import gc
 import json
 import os
+import runpy
 import selectors
 import signal
 import subprocess
@@ -89,7 +93,7 @@ def serve() -> None:
                 send({"id": children.pop(pid), "returncode": os.waitstatus_to_exitcode(status)})
     finally:
         for pid in children:
-            _kill_group(pid)
+            kill_group(pid)
         for pid in children:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
@@ -135,10 +139,6 @@ def _redirect(fd: int, path: str, flags: int) -> None:
 
 def _run_main(path: str) -> int:
     """Run `path` as `python path` would, and return the exit status it would have."""
-    import atexit
-    import gc
-    import runpy
-
     sys.argv = [path]
     sys.path[0] = os.path.dirname(path)
     code = 0
@@ -174,11 +174,10 @@ def _run_main(path: str) -> int:
     return code
 
 
-def _kill_group(pid: int) -> None:
-    try:
+def kill_group(pid: int) -> None:
+    """SIGKILL a trial's process group; one already gone is not an error."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 # ---------------------------------------------------------------------------------- the client
@@ -269,7 +268,7 @@ class ForkServer:
                     continue
                 with self._lock:
                     child = self._children.get(msg.get("id"))
-                    if child is not None and "returncode" in msg:
+                    if child is not None and "pid" not in msg:  # an exit or a refusal: its last word
                         del self._children[child.rid]
                 if child is None:
                     continue
@@ -278,8 +277,6 @@ class ForkServer:
                     child._started.set()
                 elif "error" in msg:
                     child.error = msg["error"]
-                    with self._lock:
-                        self._children.pop(child.rid, None)
                     child._started.set()
                 else:
                     child.returncode = msg["returncode"]

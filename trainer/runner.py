@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -157,10 +156,7 @@ def _supervise(proc, limit: float, cancel: threading.Event | None) -> tuple[bool
 
 
 def _kill_group(proc) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    forkserver.kill_group(proc.pid)
     proc.wait()
 
 
