@@ -37,6 +37,8 @@ def manifest_hash(manifest: dict) -> str:
 
 
 class Dataset:
+    """A whole data directory: the scorer's view. A trial gets `train_split()` only."""
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
         mf = self.path / "manifest.json"
@@ -64,6 +66,9 @@ class Dataset:
 
         return load(self.path / "tokenizer.json")
 
+    def train_split(self) -> "TrainSplit":
+        return TrainSplit(self)
+
     def uniform_bpb(self, n_tokens: int | None = None) -> float:
         """val_bpb of a model that predicts every token uniformly: log2(V) * tokens / bytes.
 
@@ -73,3 +78,22 @@ class Dataset:
         y = np.asarray(self.val_tokens[1 : (n_tokens + 1) if n_tokens else None]).astype(np.int64)
         nbytes = self.token_bytes[y]
         return float(np.log2(self.vocab_size) * (nbytes > 0).sum() / nbytes.sum())
+
+
+class TrainSplit:
+    """What a trial may see of a data directory: the training tokens, the vocabulary, the byte
+    lengths. No validation tokens: they belong to the scorer (and inside the sandbox the file is
+    not even there)."""
+
+    def __init__(self, ds: Dataset):
+        self.path = ds.path
+        self.vocab_size = ds.vocab_size
+        self.bos_id = ds.bos_id
+        self.hash = ds.hash
+        self.train_tokens = ds.train_tokens
+        self.token_bytes = ds.token_bytes.copy()  # the scorer reads its own copy from disk
+
+    def tokenizer(self):
+        from trainer.tokenizer import load
+
+        return load(self.path / "tokenizer.json")

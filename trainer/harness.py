@@ -1,15 +1,18 @@
-"""The fixed harness every variant imports: device, seeding, time budget, data, evaluation.
+"""The fixed harness every variant imports: device, seeding, time budget, training data, hand-over.
 
-The variant owns the model and the optimisation; the harness owns everything that makes scores
-comparable and hard to game. In autoresearch the timing loop and the "don't touch the eval" rule
-lived in the edited file and in the prompt; here they live in code the variant cannot edit:
+The variant owns the model and the optimisation; the harness serves the honest variant: the
+training batches, a clock for schedules and `h.done`, seeding, and `h.finish(model)`, which
+hands the trained model over. It does not score: everything in this process runs next to the
+variant's code and could be patched by it. Scores come from `trainer.scorer`, in another process
+that never runs variant code:
 
+- `h.finish(model)` exports the model in eval mode with `torch.export` at the evaluation's input
+  shape and writes the graph plus weights (`trainer.artifact`) where the runner collects it; a
+  forward pass that cannot be exported ends the trial as `unexportable`, with the exporter's error;
 - the time budget counts training steps only (the first `warmup_steps`, where torch.compile
-  works, are excluded as in autoresearch), and the runner enforces a hard wall-clock kill too;
-- val_bpb is computed here from the model's logits on a fixed slice of held-out tokens;
-- a causality check (changing future tokens must not change earlier logits) runs first, and a
-  model that fails it is refused a score;
-- the result goes as JSON to a path the runner gave; stdout is only a log.
+  works, are excluded as in autoresearch); the runner's own clock bounds launch → hand-over at
+  budget + `handover_allowance`, and `h.done` also turns true shortly before that bound;
+- the harness exposes the training split only (`h.data` is a `TrainSplit`: no validation tokens).
 
 Usage (see trainer/train.py):
 
@@ -21,7 +24,8 @@ Usage (see trainer/train.py):
     h.finish(model, flops_per_token=...)
 
 Run directly (`python train.py`, e.g. after `evo export`), the harness uses the default prepared
-data, seed 0 and the device's default budget, and prints the summary instead of writing a file.
+data, seed 0 and the device's default budget, scores the exported model itself in this process
+(your own file on your own machine) and prints the summary.
 """
 
 from __future__ import annotations
@@ -33,27 +37,25 @@ import os
 import random
 import resource
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from trainer.dataset import Dataset
-from trainer.trial_config import CONFIG_ENV, TrialConfig
+from trainer.trial_config import (CONFIG_ENV, TrialConfig, default_budget, eval_plan, handover_allowance,
+                                   handover_reserve)
 
 NAN_EXIT_CODE = 3
-CHEAT_EXIT_CODE = 4
+UNEXPORTABLE_EXIT_CODE = 5
 LOSS_DIVERGED = 100.0  # autoresearch's guard: a loss this high is a failed run, not a slow one
 
 # Peak dense bf16 tensor throughput, for MFU. Unknown devices report no MFU rather than a guess.
 PEAK_FLOPS = {"H100": 989.5e12, "H200": 989.5e12, "H800": 989.5e12, "B200": 2250e12, "A100": 312e12,
               "L40S": 362e12, "A10G": 125e12, "RTX 4090": 165e12}
-
-
-def default_budget(device: str) -> float:
-    return 300.0 if device.startswith("cuda") else 10.0
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -80,16 +82,18 @@ class Harness:
         self.cfg = cfg
         self.device = _resolve_device(cfg.device)
         self.is_cuda = self.device.type == "cuda"
-        self.data = Dataset(cfg.dataset_dir)
+        ds = Dataset(cfg.dataset_dir)
+        self.data = ds.train_split()
         self.vocab_size = self.data.vocab_size
         self.bos_id = self.data.bos_id
         self.seed = cfg.seed
         self.budget = float(cfg.budget)
         self.warmup_steps = cfg.warmup_steps if cfg.warmup_steps is not None else (3 if self.is_cuda else 1)
-        # CPU: 32k tokens score in ~1.5 s on 2 cores, a fifth of a default trial; the slice is fixed, so
-        # every variant is scored on the same tokens whatever its size.
-        self.eval_tokens = cfg.eval_tokens or (40 * 524_288 if self.is_cuda else 32_768)
-        self.eval_seq_len = cfg.eval_seq_len or (2048 if self.is_cuda else 128)
+        # The shape the scorer evaluates at (CPU: 32k tokens in ~1.5 s on 2 cores): the model is
+        # exported at exactly (eval_batch, eval_seq_len).
+        self.eval = eval_plan(cfg.eval_tokens, cfg.eval_seq_len, ds.manifest["n_val_tokens"], self.is_cuda, cfg.eval_batch)
+        self.eval_seq_len = self.eval.seq_len
+        del ds
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         random.seed(cfg.seed)
@@ -101,6 +105,9 @@ class Harness:
             torch.backends.cudnn.allow_tf32 = True
             torch.cuda.reset_peak_memory_stats(self.device)
         self._launch = cfg.launch_time or time.time()
+        # The runner's bound on launch → hand-over, less the time the export needs.
+        self._wall_stop = self._launch + self.budget + handover_allowance(self.budget, self.is_cuda) \
+            - handover_reserve(self.is_cuda)
         self._setup_done = time.time()
         self._first_batch: float | None = None
         self._warm_at: float | None = None
@@ -154,6 +161,8 @@ class Harness:
     def done(self) -> bool:
         if self.cfg.max_steps is not None and self.steps >= self.cfg.max_steps:
             return True
+        if self.cfg.max_steps is None and time.time() >= self._wall_stop:
+            return True  # slow start-up or compile: stop in time to hand over within the runner's bound
         return self.training_seconds >= self.budget
 
     @property
@@ -181,7 +190,7 @@ class Harness:
             value = float(loss.detach().float().item() if torch.is_tensor(loss) else loss)
             self._last_loss = value
             if not math.isfinite(value) or value > LOSS_DIVERGED:
-                self._write({"outcome": "nan", "message": f"loss {value} at step {self.steps}"})
+                self._report({"outcome": "nan", "message": f"loss {value} at step {self.steps}"})
                 print(f"harness: loss is {value} at step {self.steps}; aborting", file=sys.stderr)
                 sys.exit(NAN_EXIT_CODE)
         if now - self._last_log > 5 or self.done:
@@ -190,99 +199,50 @@ class Harness:
             print(f"step {self.steps:5d} | loss {loss_s} | {100 * self.progress:5.1f}% of "
                   f"{self.budget:.0f}s | {self.tokens:,} tokens", flush=True)
 
-    # --- evaluation ---------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def causality_ok(self, model) -> tuple[bool, float]:
-        """Does changing tokens after position t leave the logits before t unchanged?
-
-        A model that peeks at the next token (or pools over the whole sequence) scores absurdly
-        well; this is the check that refuses it. Returns (ok, max abs change before t).
-        """
-        T = min(self.eval_seq_len, 64)
-        x = torch.from_numpy(np.asarray(self.data.val_tokens[: 2 * T]).astype(np.int64)).view(2, T).to(self.device)
-        t = T // 2
-        g = torch.Generator().manual_seed(1234)
-        x2 = x.clone()
-        x2[:, t:] = torch.randint(0, self.vocab_size, (2, T - t), generator=g).to(self.device)
-        with self.autocast():
-            a = model(x).float()
-            b = model(x2).float()
-        if a.shape[:2] != (2, T):
-            raise ValueError(f"model(idx) must return logits of shape (B, T, vocab); got {tuple(a.shape)}")
-        diff = (a[:, :t] - b[:, :t]).abs().max().item()
-        tol = (2e-2 if self.is_cuda else 1e-3) * (1.0 + a[:, :t].abs().max().item())
-        return diff <= tol, diff
-
-    @torch.no_grad()
-    def evaluate_bpb(self, model, batch_size: int | None = None) -> float:
-        """Bits per byte of the model on the fixed val slice, from its logits.
-
-        Sum of cross-entropy (nats) over target tokens that carry bytes, divided by ln 2 times
-        their summed UTF-8 byte length: independent of vocabulary size, so tokenizers compare.
-        """
-        T = self.eval_seq_len
-        n_rows = max(1, min(self.eval_tokens, len(self.data.val_tokens) - 1) // T)
-        val = torch.from_numpy(np.asarray(self.data.val_tokens[: n_rows * T + 1]).astype(np.int64))
-        token_bytes = torch.from_numpy(self.data.token_bytes.astype(np.int64)).to(self.device)
-        batch_size = batch_size or (8 if self.is_cuda else 16)
-        nats = torch.zeros((), dtype=torch.float64, device=self.device)
-        nbytes = torch.zeros((), dtype=torch.int64, device=self.device)
-        for r0 in range(0, n_rows, batch_size):
-            r1 = min(n_rows, r0 + batch_size)
-            x = val[r0 * T : r1 * T].view(r1 - r0, T).to(self.device)
-            y = val[r0 * T + 1 : r1 * T + 1].view(r1 - r0, T).to(self.device)
-            with self.autocast():
-                logits = model(x)
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
-            b = token_bytes[y.reshape(-1)]
-            nats += (loss * (b > 0)).sum(dtype=torch.float64)
-            nbytes += b.sum()
-        return (nats / (math.log(2) * nbytes)).item()
+    # --- the hand-over ------------------------------------------------------------------------
 
     def finish(self, model, flops_per_token: float | None = None, extra: dict | None = None) -> dict:
-        """Check causality, compute val_bpb, write the result. The last call a variant makes."""
+        """Export the trained model for the scorer. The last call a variant makes.
+
+        Returns what the trainer reports about itself (steps, tokens, timings); the score is the
+        scorer's. In a standalone run (no runner) the model is scored right here and printed.
+        """
         self.sync()
-        t_eval = time.time()
+        t0 = time.time()
         params = sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else None
-        # Score the eager module behind a torch.compile wrapper: a compiled model recompiles for
-        # every new shape and for no_grad (the check's 2x64 batch, the eval batch), which cost
-        # ~25 s per trial on an H100, more than an eager pass over the val slice.
+        # Export the eager module behind a torch.compile wrapper.
         model = getattr(model, "_orig_mod", model)
-        was_training = getattr(model, "training", False)
         if hasattr(model, "eval"):
             model.eval()
-        ok, diff = self.causality_ok(model)
-        if not ok:
-            self._write({"outcome": "cheated", "params": params,
-                         "message": f"causality check failed: future tokens changed earlier logits by {diff:.3g}"})
-            print(f"harness: causality check failed (max change {diff:.3g}); no score", file=sys.stderr)
-            sys.exit(CHEAT_EXIT_CODE)
-        val_bpb = self.evaluate_bpb(model)
-        if was_training:
-            model.train()
-        self.sync()
-        now = time.time()
-        if not math.isfinite(val_bpb):
-            self._write({"outcome": "nan", "params": params, "message": f"val_bpb is {val_bpb}"})
-            sys.exit(NAN_EXIT_CODE)
-        tps = self._timed_tokens / self.training_seconds if self.training_seconds > 0 else None
-        result = {
-            "outcome": "ok",
-            "val_bpb": val_bpb,
-            "params": params,
-            "eval_seconds": now - t_eval,
-            "tokens_per_second": tps,
-            "mfu": self._mfu(flops_per_token, tps),
-            "message": f"val_bpb {val_bpb:.6f}",
-            "extra": extra or {},
-        }
-        self._write(result)
-        if not self.cfg.result_path:
-            from trainer.runner import TrialResult, format_summary
+        from trainer import artifact
 
-            print(format_summary(TrialResult.from_dict({**self._timings(), **result, "seed": self.seed})))
-        return result
+        path = Path(self.cfg.artifact_path) if self.cfg.artifact_path else Path(tempfile.mkdtemp()) / "model.evo"
+        rows = np.asarray(self.data.train_tokens[: self.eval.batch * self.eval.seq_len]).astype(np.int64)
+        example = torch.from_numpy(rows).view(self.eval.batch, self.eval.seq_len).to(self.device)
+        try:
+            with self.autocast():
+                ep = artifact.export(model, example)
+            artifact.save(ep, path)
+        except Exception as e:
+            tail = "".join(traceback.format_exception_only(type(e), e)).strip()
+            message = f"torch.export failed: {tail.splitlines()[0][:300] if tail else type(e).__name__}"
+            self._report({"outcome": "unexportable", "params": params, "message": message})
+            print(f"harness: the model cannot be exported for scoring:\n{tail[-2000:]}", file=sys.stderr)
+            sys.exit(UNEXPORTABLE_EXIT_CODE)
+        tps = self._timed_tokens / self.training_seconds if self.training_seconds > 0 else None
+        report = {"params": params, "tokens_per_second": tps, "mfu": self._mfu(flops_per_token, tps),
+                  "export_seconds": time.time() - t0, "extra": extra or {}}
+        self._report(report)
+        if not self.cfg.artifact_path:
+            self._score_here(path, report)
+        return report
+
+    def _score_here(self, path: Path, report: dict) -> None:
+        from trainer.runner import TrialResult, format_summary
+        from trainer.scorer import score
+
+        result = score(path, self.cfg.dataset_dir, self.eval, str(self.device))
+        print(format_summary(TrialResult.from_dict({**self._timings(), **report, **result, "seed": self.seed})))
 
     # --- reporting ----------------------------------------------------------------------------
 
@@ -312,10 +272,11 @@ class Harness:
             "peak_memory_mb": self._peak_memory_mb(),
         }
 
-    def _write(self, fields: dict) -> None:
-        if not self.cfg.result_path:
+    def _report(self, fields: dict) -> None:
+        """What the trainer says about its own run (the runner shows it; the score is not in it)."""
+        if not self.cfg.report_path:
             return
-        path = Path(self.cfg.result_path)
+        path = Path(self.cfg.report_path)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({**self._timings(), **fields}))
         os.replace(tmp, path)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 
-OUTCOMES = ("ok", "syntax_error", "import_error", "crash", "oom", "nan", "timeout", "no_result", "cheated")
+OUTCOMES = ("ok", "syntax_error", "import_error", "crash", "oom", "nan", "timeout", "no_result", "cheated",
+            "unexportable", "over_budget")
 FAILURES = OUTCOMES[1:]
 CANCELLED = "cancelled"  # stopped by the user (Ctrl-C): not a result, never recorded as one
 
@@ -27,17 +28,20 @@ def last_error_line(stderr: str) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def classify(exit_code: int | None, stderr: str, result: dict | None, timed_out: bool, budget: float) -> tuple[str, str]:
-    """(outcome, one-line message) from what the process left behind."""
+def classify(exit_code: int | None, stderr: str, report: dict | None, timed_out: bool, budget: float,
+             handed_over: bool) -> tuple[str, str] | None:
+    """(outcome, one-line message) for a trainer process that failed, or None when it exited 0
+    having handed over a model (then the scorer decides). `report` is the trainer's own account:
+    a failure it claims (nan, unexportable) only fails itself, so it is taken at its word."""
     if timed_out:
         return "timeout", f"killed after exceeding the wall-clock limit for a {budget:g}s budget"
-    if result and result.get("outcome") in ("nan", "cheated"):
-        return result["outcome"], result.get("message", "")
-    if result and result.get("outcome") == "ok" and result.get("val_bpb") is not None:
-        return "ok", result.get("message", "")
-    err = last_error_line(stderr)
+    if report and report.get("outcome") in ("nan", "unexportable"):
+        return report["outcome"], str(report.get("message", ""))[:500]
     if exit_code == 0:
-        return "no_result", "exited 0 without a result (did the variant call h.finish(model)?)"
+        if handed_over:
+            return None
+        return "no_result", "exited 0 without handing over a model (did the variant call h.finish(model)?)"
+    err = last_error_line(stderr)
     if _OOM.search(stderr) or exit_code in (-9, 137):
         return "oom", err or "killed (SIGKILL: out of memory?)"
     if _IMPORT.match(err):

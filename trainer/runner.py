@@ -1,29 +1,40 @@
-"""Run one trial: a variant's train.py in its own process, with a hard wall-clock kill.
+"""Run one sealed trial: the variant trains in a sandbox, a separate scorer computes its val_bpb.
 
-The subprocess gets its own directory, an allow-listed environment (no API keys or tokens of any
-kind can reach LLM-written code), the seed, device and budget through a JSON config, and its own
-process group so a kill takes everything it started. What comes back is a `TrialResult`: the
-harness's JSON if it wrote one, else an outcome classified from exit status and stderr.
-On CPU the process is forked from one that has already imported torch (`trainer.forkserver`);
-`EVO_TRIAL_START=spawn` gives every trial a fresh interpreter instead.
+1. The trainer: the variant's train.py in its own process, forked from a warm server that runs
+   inside the OS sandbox (`trainer.sandbox`: training split and own directory only, no network,
+   no other process) with an allow-listed environment (no API keys or tokens of any kind can
+   reach LLM-written code). It trains and hands over an exported graph (`trainer.artifact`).
+2. The runner's clock: launch → hand-over is measured here, from the server's reports, never
+   from the variant; past budget + `handover_allowance` the trial is `over_budget`, unscored.
+3. The scorer (`trainer.scorer`): a process that never runs variant code, in a sandbox of its own
+   that sees the validation split, loads the graph, checks causality at the evaluation's shape and
+   computes val_bpb. Its result comes back through a directory no trial can reach.
+
+Nothing the trainer writes is trusted as a result: its report (steps, tokens, timings) is shown
+as its own account, and a failure it claims only fails itself. CPU trials reuse one warm server
+per slot (it cleans up between trials); CUDA trials, and `EVO_TRIAL_START=spawn`, get a fresh
+server per trial, so CUDA is never initialised before a fork.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import subprocess
+import stat
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from trainer import forkserver
-from trainer.trial_config import CONFIG_ENV, TrialConfig
 from trainer.outcomes import CANCELLED, classify
+from trainer.sandbox import Sandbox, resolve as resolve_sandbox
+from trainer.trial_config import (ARTIFACT_NAME, CONFIG_ENV, REPORT_NAME, EvalPlan, TrialConfig, eval_plan,
+                                  handover_allowance)
 
 STDERR_TAIL_CHARS = 3000
 
@@ -58,6 +69,10 @@ class TrialResult:
     exit_code: int | None = None
     stderr_tail: str = ""
     message: str = ""
+    handover_seconds: float | None = None  # the runner's clock: launch -> hand-over
+    export_seconds: float | None = None
+    checked_rows: int | None = None  # rows the scorer's causality check cut and compared
+    sandboxed: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -85,57 +100,131 @@ def scrubbed_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def wall_limit(budget: float, device: str) -> float:
-    """Budget + start-up allowance (imports, torch.compile) + evaluation allowance."""
-    cuda = device.startswith("cuda") or (device == "auto" and _cuda_available())
-    return budget + (240.0 if cuda else 60.0) + (180.0 if cuda else 60.0)
-
-
-def _cuda_available() -> bool:
+def _cuda_requested(device: str) -> bool:
+    if device.startswith("cuda"):
+        return True
+    if device != "auto":
+        return False
     import torch
 
     return torch.cuda.is_available()
 
 
-# Linux: before exec'ing the trial, ask the kernel to SIGKILL it if the coordinator dies, so a
-# coordinator killed mid-run leaves no orphan trial holding the GPU while the resumed run starts.
-# (A wrapper that exec's, because preexec_fn is unsafe in a threaded coordinator.)
-_DIE_WITH_PARENT = (
-    "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"  # PR_SET_PDEATHSIG
-    "if os.getppid() != int(sys.argv[1]): sys.exit(1)\n"  # the parent died before prctl took effect
-    "os.execv(sys.executable, [sys.executable, 'train.py'])\n"
-)
+def wall_limit(budget: float, device: str) -> float:
+    """When the trainer is killed: the hand-over bound plus a grace for a process that is slow
+    to exit (past the bound it is `over_budget` anyway; killed, it is a `timeout`)."""
+    cuda = _cuda_requested(device)
+    return budget + handover_allowance(budget, cuda) + (60.0 if cuda else 10.0)
 
 
-def _command() -> list[str]:
-    if sys.platform.startswith("linux"):
-        return [sys.executable, "-S", "-c", _DIE_WITH_PARENT, str(os.getpid())]
-    return [sys.executable, "train.py"]
+def score_limit(plan: EvalPlan, cuda: bool) -> float:
+    """When the scorer is killed: generous for an honest graph (CPU: ~1.5 s for 32k tokens)."""
+    return (180.0 if cuda else 60.0) + plan.rows * plan.seq_len / (2e5 if cuda else 2e4)
 
 
-def _start(work: Path, env: dict[str, str], device: str, cancel: threading.Event | None, limit: float,
-           fork: bool = True):
-    """`python train.py` in `work`, in its own process group, output to stdout.log and stderr.log;
-    None if cancelled before it started.
+# ------------------------------------------------------------------------ servers and their slots
 
-    CPU trials are forked from a process that has already imported torch (trainer.forkserver);
-    CUDA trials, and any trial the fork server cannot start, get a fresh interpreter.
-    """
-    cpu = device == "cpu" or (device == "auto" and not _cuda_available())
-    server = forkserver.shared(scrubbed_env()) if cpu and fork else None
-    if server is not None:
-        try:
-            return server.launch(work, env, work / "stdout.log", work / "stderr.log", cancel, ready_within=limit)
-        except forkserver.ForkServerError:
-            pass  # a trial must not be lost to the accelerator; the spawned path is always there
-    with (work / "stdout.log").open("wb") as out, (work / "stderr.log").open("wb") as err:
-        return subprocess.Popen(_command(), cwd=work, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
+
+class _Server:
+    """A fork server in a private directory: for the trainer role, the directory its trials run in
+    (the only host path they can write); for the scorer role, where requests and results live."""
+
+    def __init__(self, role: str, box: Sandbox, data_dir: Path, gpu: bool, exclusive: bool):
+        self.dir = Path(tempfile.mkdtemp(prefix=f"evo-{role}-"))
+        argv = forkserver.server_argv(role, exclusive=exclusive, own_pid_namespace=box.enabled, gpu=gpu)
+        command = box.command(argv, role=role, data_dir=data_dir, writable=self.dir, gpu=gpu)
+        self.sandboxed = box.enabled
+        self.fork = forkserver.ForkServer(command, scrubbed_env(), cwd=self.dir)
+
+    @property
+    def alive(self) -> bool:
+        return self.fork.alive
+
+    def clear(self) -> None:
+        for entry in os.listdir(self.dir):
+            path = self.dir / entry
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+    def close(self) -> None:
+        self.fork.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class _Pool:
+    """Idle servers by (role, data dir, sandbox, gpu). A trainer server serves one trial at a time
+    (taken out while it runs); the scorer server is shared by every concurrent request."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._idle: dict[tuple, list[_Server]] = {}
+        self._scorers: dict[tuple, _Server] = {}
+
+    def trainer(self, box: Sandbox, data_dir: Path, gpu: bool, reuse: bool) -> _Server:
+        key = (str(data_dir), box.enabled, gpu)
+        if reuse:
+            with self._lock:
+                idle = self._idle.setdefault(key, [])
+                while idle:
+                    server = idle.pop()
+                    if server.alive:
+                        return server
+                    server.close()
+        return _Server("trainer", box, data_dir, gpu, exclusive=True)
+
+    def give_back(self, server: _Server, box: Sandbox, data_dir: Path, gpu: bool, reuse: bool) -> None:
+        if reuse and server.alive:
+            server.clear()
+            with self._lock:
+                self._idle.setdefault((str(data_dir), box.enabled, gpu), []).append(server)
+        else:
+            server.close()
+
+    def scorer(self, box: Sandbox, data_dir: Path, gpu: bool) -> _Server:
+        key = (str(data_dir), box.enabled, gpu)
+        with self._lock:
+            server = self._scorers.get(key)
+            if server is None or not server.alive:
+                if server is not None:
+                    server.close()
+                server = self._scorers[key] = _Server("scorer", box, data_dir, gpu, exclusive=False)
+            return server
+
+    def close(self) -> None:
+        with self._lock:
+            servers = [s for idle in self._idle.values() for s in idle] + list(self._scorers.values())
+            self._idle, self._scorers = {}, {}
+        for s in servers:
+            s.close()
+
+
+_POOL = _Pool()
+
+
+def close_servers() -> None:
+    """Stop every warm server (the engine calls this when a run ends; exit does it too)."""
+    _POOL.close()
+
+
+import atexit  # noqa: E402
+
+atexit.register(close_servers)
+
+
+# ---------------------------------------------------------------------------------- one trial
+
+
+def _reuse_servers(gpu: bool) -> bool:
+    """CPU trials share warm servers; CUDA trials (never fork after CUDA could have been touched)
+    and EVO_TRIAL_START=spawn get a fresh one each."""
+    return sys.platform.startswith("linux") and not gpu and os.environ.get("EVO_TRIAL_START", "fork") != "spawn"
 
 
 def _supervise(proc, limit: float, cancel: threading.Event | None) -> tuple[bool, bool]:
-    """Wait for the trial; kill its group `limit` seconds after it started, or when cancelled.
+    """Wait for a child; kill its group `limit` seconds after it started, or when cancelled.
     Returns (timed_out, cancelled)."""
     started = time.time()
     timed_out = cancelled = False
@@ -148,7 +237,7 @@ def _supervise(proc, limit: float, cancel: threading.Event | None) -> tuple[bool
                 cancelled = True
                 _kill_group(proc)
             else:
-                time.sleep(0.05)
+                time.sleep(0.02)
     except BaseException:
         _kill_group(proc)  # Ctrl-C in a caller without a cancel event: leave no orphans
         raise
@@ -161,12 +250,118 @@ def _kill_group(proc) -> None:
 
 
 def _tail(path: Path, n: int = STDERR_TAIL_CHARS) -> str:
-    if not path.exists():
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
         return ""
-    with path.open("rb") as f:
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return ""
         f.seek(0, os.SEEK_END)
         f.seek(max(0, f.tell() - n))
         return f.read().decode("utf-8", errors="replace")
+
+
+_COLLECTED = ("stdout.log", "stderr.log", REPORT_NAME, ARTIFACT_NAME)
+
+
+def _collect(slot: Path, work: Path) -> None:
+    """Move what the trial left that the runner reads into `work`: regular files only (a symlink
+    planted by the variant would point the runner at a file the variant cannot read itself)."""
+    for name in _COLLECTED:
+        src = slot / name
+        try:
+            st = os.lstat(src)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            shutil.move(str(src), str(work / name))
+
+
+def _read_report(path: Path) -> dict | None:
+    text = _tail(path, 1 << 20)
+    try:
+        report = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return report if isinstance(report, dict) else None
+
+
+def _train(text: str, cfg: TrialConfig, box: Sandbox, gpu: bool, env: dict[str, str], work: Path,
+           limit: float, cancel: threading.Event | None):
+    """Train in a server's slot, then collect into `work`: (child or None if cancelled first,
+    timed_out, cancelled, sandboxed). The config's launch time is written once the server is
+    ready, so its imports are not charged to the trial."""
+    data_dir = Path(cfg.dataset_dir)
+    for attempt in range(2):
+        reuse = _reuse_servers(gpu) and attempt == 0
+        server = _POOL.trainer(box, data_dir, gpu, reuse)
+        slot = server.dir
+        try:
+            server.clear()
+            try:
+                if not server.fork.wait_ready(cancel, max(limit, 120.0)):
+                    return None, False, True, server.sandboxed
+                (slot / "train.py").write_text(text)
+                run_cfg = TrialConfig(**{**asdict(cfg), "artifact_path": str(slot / ARTIFACT_NAME),
+                                         "report_path": str(slot / REPORT_NAME), "launch_time": time.time()})
+                (slot / "config.json").write_text(json.dumps(asdict(run_cfg)))
+                trial_env = scrubbed_env({CONFIG_ENV: str(slot / "config.json"), **env})
+                if server.sandboxed:  # everything the trial writes stays in its own slot, per trial
+                    trial_env.update(HOME=str(slot), TMPDIR="/tmp", TORCHINDUCTOR_CACHE_DIR=str(slot / ".cache" / "inductor"),
+                                     TRITON_CACHE_DIR=str(slot / ".cache" / "triton"))
+                proc = server.fork.launch([str(slot / "train.py")], slot, trial_env, slot / "stdout.log",
+                                          slot / "stderr.log", cancel)
+            except forkserver.ForkServerError:
+                continue  # a trial must not be lost to the accelerator: a fresh server
+            if proc is None:
+                return None, False, True, server.sandboxed
+            timed_out, cancelled = _supervise(proc, limit, cancel)
+            if proc.lost and not cancelled and attempt == 0:
+                # The server died under the trial (perhaps killed by it): not, by itself, a verdict.
+                # Train the variant once more in a fresh server; a second loss is the variant's.
+                continue
+            _collect(slot, work)
+            return proc, timed_out, cancelled, server.sandboxed
+        finally:
+            _POOL.give_back(server, box, data_dir, gpu, reuse)
+    raise forkserver.ForkServerError("no trial server could be started (twice)")
+
+
+def _score(artifact_path: Path, cfg: TrialConfig, plan: EvalPlan, box: Sandbox, gpu: bool,
+           env: dict[str, str], cancel: threading.Event | None) -> dict:
+    """The scorer's verdict on a handed-over model (a dict with at least outcome and message)."""
+    server = _POOL.scorer(box, Path(cfg.dataset_dir), gpu)
+    token = f"{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
+    inbox = server.dir / f"{token}.evo"
+    request, result = server.dir / f"{token}.request.json", server.dir / f"{token}.result.json"
+    logs = server.dir / f"{token}.out", server.dir / f"{token}.err"
+    try:
+        shutil.move(str(artifact_path), str(inbox))
+        request.write_text(json.dumps({"artifact": str(inbox), "dataset_dir": cfg.dataset_dir, "plan": asdict(plan),
+                                       "device": "cuda" if gpu else "cpu", "threads": cfg.threads}))
+        scorer_env = scrubbed_env({k: v for k, v in env.items() if k.startswith("CUDA")})
+        try:
+            proc = server.fork.launch(["-m", "trainer.scorer", str(request), str(result)], server.dir, scorer_env,
+                                      logs[0], logs[1], cancel)
+        except forkserver.ForkServerError as e:
+            return {"outcome": "crash", "message": f"the scorer could not start: {e}"}
+        if proc is None:
+            return {"outcome": CANCELLED, "message": "cancelled"}
+        timed_out, cancelled = _supervise(proc, score_limit(plan, gpu), cancel)
+        if cancelled:
+            return {"outcome": CANCELLED, "message": "cancelled"}
+        if timed_out:
+            return {"outcome": "timeout", "message": "scoring the exported model took too long"}
+        verdict = _read_report(result)
+        if verdict is None:
+            err = _tail(logs[1]).strip().splitlines()
+            return {"outcome": "crash", "message": f"the scorer failed: {err[-1] if err else proc.returncode}"}
+        return verdict
+    finally:
+        for p in (inbox, request, result, *logs):
+            with contextlib.suppress(OSError):
+                p.unlink()
 
 
 def run_trial(
@@ -181,21 +376,25 @@ def run_trial(
     limit: float | None = None,
     cancel: threading.Event | None = None,
     env: dict[str, str] | None = None,
+    sandbox: str = "auto",
     **harness_options,
 ) -> TrialResult:
-    """Train one variant once. Never raises for anything the variant does.
+    """Train one variant once and score it. Never raises for anything the variant does.
 
     `source` is the program text, or a Path to a train.py. `limit` overrides the hard wall-clock
-    kill (default: `wall_limit`). `cancel`, when set, kills the trial and returns outcome
-    "cancelled" (Ctrl-C in the engine). `harness_options` are TrialConfig fields (eval_tokens, ...).
+    kill of the trainer (default: `wall_limit`). `cancel`, when set, kills the trial and returns
+    outcome "cancelled" (Ctrl-C in the engine). `sandbox`: auto | strict | off
+    (`trainer.sandbox`; strict raises SandboxError where none can be made). `harness_options`
+    are TrialConfig fields (eval_tokens, eval_seq_len, eval_batch, warmup_steps, max_steps).
     """
     if budget <= 0:
         raise ValueError(f"--budget must be a positive number of seconds, got {budget}")
+    box = resolve_sandbox(sandbox)
     text = source.read_text() if isinstance(source, Path) else source
     own_dir = workdir is None
     work = Path(tempfile.mkdtemp(prefix="evo-trial-")) if own_dir else Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    base = TrialResult(outcome="crash", seed=seed, device=device, budget=budget)
+    base = TrialResult(outcome="crash", seed=seed, device=device, budget=budget, sandboxed=box.enabled)
     t0 = time.time()
     try:
         (work / "train.py").write_text(text)
@@ -204,36 +403,44 @@ def run_trial(
         except SyntaxError as e:
             msg = f"SyntaxError: {e.msg} (train.py, line {e.lineno})"
             return _with(base, outcome="syntax_error", message=msg, stderr_tail=msg, total_seconds=time.time() - t0)
+        data_dir = Path(dataset_dir).resolve()
+        from trainer.dataset import Dataset
 
-        result_path = work / "result.json"
-        result_path.unlink(missing_ok=True)
-        cfg = TrialConfig(dataset_dir=str(Path(dataset_dir).resolve()), result_path=str(result_path), seed=seed,
-                          device=device, budget=budget, threads=threads, launch_time=time.time(), **harness_options)
+        gpu = _cuda_requested(device)
+        cfg = TrialConfig(dataset_dir=str(data_dir), seed=seed, device=device, budget=budget, threads=threads,
+                          **harness_options)
+        plan = eval_plan(cfg.eval_tokens, cfg.eval_seq_len, Dataset(data_dir).manifest["n_val_tokens"], gpu,
+                         cfg.eval_batch)
         (work / "config.json").write_text(json.dumps(asdict(cfg)))
         limit = limit or wall_limit(budget, device)
-        trial_env = scrubbed_env({CONFIG_ENV: str(work / "config.json"), **(env or {})})
-        proc = _start(work, trial_env, device, cancel, limit)
-        if proc is None:
+        try:
+            proc, timed_out, cancelled, sandboxed = _train(text, cfg, box, gpu, env or {}, work, limit, cancel)
+        except forkserver.ForkServerError as e:
+            return _with(base, outcome="crash", message=str(e), total_seconds=time.time() - t0)
+        if proc is None or cancelled:
             return _with(base, outcome=CANCELLED, message="cancelled", total_seconds=time.time() - t0)
-        timed_out, cancelled = _supervise(proc, limit, cancel)
-        if getattr(proc, "lost", False) and not cancelled:
-            # The fork server died under the trial: not the variant's doing, though its status would
-            # read as SIGKILL ("oom"). Processes the trial started outlive it; kill them and train
-            # the variant again in a fresh interpreter.
-            _kill_group(proc)
-            result_path.unlink(missing_ok=True)
-            (work / "config.json").write_text(json.dumps(asdict(replace(cfg, launch_time=time.time()))))
-            proc = _start(work, trial_env, device, cancel, limit, fork=False)
-            timed_out, cancelled = _supervise(proc, limit, cancel)
-        total = time.time() - t0
         stderr = _tail(work / "stderr.log")
-        if cancelled:
-            return _with(base, outcome=CANCELLED, message="cancelled", total_seconds=total)
-        reported = json.loads(result_path.read_text()) if result_path.exists() else None
-        outcome, message = classify(proc.returncode, stderr, reported, timed_out, budget)
-        out = TrialResult.from_dict({**base.to_dict(), **(reported or {})})
-        return _with(out, outcome=outcome, message=message, exit_code=proc.returncode, total_seconds=total,
-                     stderr_tail=stderr, val_bpb=out.val_bpb if outcome == "ok" else None)
+        report = _read_report(work / REPORT_NAME) or {}
+        handover = proc.ended_at - proc.started_at
+        out = _with(TrialResult.from_dict({**base.to_dict(), **report}), exit_code=proc.returncode,
+                    stderr_tail=stderr, handover_seconds=handover, sandboxed=sandboxed, val_bpb=None, mfu=report.get("mfu"))
+        failed = classify(proc.returncode, stderr, report, timed_out, budget, (work / ARTIFACT_NAME).is_file())
+        if proc.lost:
+            failed = ("crash", "the trial's server died under it twice (did the variant kill it?)")
+        if failed is None and handover > budget + handover_allowance(budget, gpu):
+            failed = ("over_budget", f"{handover:.1f}s from launch to hand-over; the limit is the {budget:g}s budget "
+                                     f"+ {handover_allowance(budget, gpu):.1f}s for start-up, compile and export")
+        if failed is not None:
+            return _with(out, outcome=failed[0], message=failed[1], total_seconds=time.time() - t0)
+        verdict = _score(work / ARTIFACT_NAME, cfg, plan, box, gpu, env or {}, cancel)
+        if verdict.get("outcome") == CANCELLED:
+            return _with(base, outcome=CANCELLED, message="cancelled", total_seconds=time.time() - t0)
+        check = verdict.get("check") or {}
+        ok = verdict.get("outcome") == "ok"
+        return _with(out, outcome=verdict.get("outcome", "crash"), message=verdict.get("message", ""),
+                     val_bpb=verdict.get("val_bpb") if ok else None, params=verdict.get("params", out.params),
+                     eval_seconds=verdict.get("eval_seconds"), checked_rows=check.get("rows"),
+                     total_seconds=time.time() - t0)
     finally:
         if own_dir:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,205 @@
+"""The hand-over: a trained model as a graph of standard ops plus weights, with no Python in it.
+
+The trainer process runs the variant, so nothing it computes about its own model can be trusted.
+What crosses to the scorer is `torch.export` of the model in eval mode at the evaluation's exact
+input shape: a graph of ATen ops (a data structure, not code) and tensors. `torch.export.save` /
+`load` use pickle ("never load data from an untrusted source"), so the file here is our own:
+a zip read with `numpy.load(allow_pickle=False)` holding the graph as torch's serialized JSON and
+every tensor as raw bytes. The scorer checks the JSON before torch deserializes any of it, and
+the live graph after:
+
+- every operator is an ATen op (or `operator.getitem`): no custom op, no Python callable, no
+  higher-order op, so no kernel or code from the variant runs in the scorer;
+- no op that reads outside state (`aten.from_file`), draws random numbers, or prints;
+- the graph is a pure function: no buffer or input it mutates (a call counter could tell the
+  causality check from the evaluation), one token input of the evaluation's shape, one output.
+
+A model whose forward cannot be exported (data-dependent Python control flow, a custom kernel)
+is the trial's `unexportable` outcome, with the exporter's message, not a crash.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import operator
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = "evo-graph-1"
+MAX_GRAPH_BYTES = 64 << 20  # the JSON of a 100-layer model is a few MB
+# ATen ops that reach outside the graph's inputs or are not functions of them.
+FORBIDDEN_OPS = {"from_file", "_print", "set_"}
+RANDOM_WORDS = ("rand", "bernoulli", "normal", "multinomial", "poisson", "exponential", "uniform",
+                "cauchy", "geometric", "log_normal", "random")
+_DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
+                               torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64)}
+
+
+class Refused(Exception):
+    """The artifact is not a plain graph of standard ops: the trial is `unexportable`, not scored."""
+
+
+# ------------------------------------------------------------------------------- trainer side
+
+
+def export(model: torch.nn.Module, example: torch.Tensor) -> "torch.export.ExportedProgram":
+    """`model` in eval mode, traced at `example`'s exact shape (the scorer calls it at no other)."""
+    with torch.no_grad():
+        return torch.export.export(model, (example,), strict=False)
+
+
+def save(ep: "torch.export.ExportedProgram", path: Path) -> None:
+    """Write the graph and its tensors; atomic, so a half-written file is never handed over."""
+    from torch._export.serde import serialize as serde
+
+    art = serde.serialize(ep, serialize_state_dict=False, serialize_constants=False, serialize_example_inputs=False)
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, dict] = {}
+    for kind, table in (("state", ep.state_dict), ("const", ep.constants)):
+        for name, value in table.items():
+            if not isinstance(value, torch.Tensor):
+                raise Refused(f"constant {name!r} is a {type(value).__name__}, not a tensor")
+            key = f"t{len(tensors)}"
+            t = value.detach().to("cpu").contiguous()
+            tensors[key] = t
+            meta[key] = {"kind": kind, "name": name, "dtype": str(t.dtype), "shape": list(t.shape),
+                         "parameter": isinstance(value, torch.nn.Parameter)}
+    arrays = {k: t.view(-1).view(torch.uint8).numpy() if t.numel() else np.zeros(0, np.uint8) for k, t in tensors.items()}
+    header = {"format": FORMAT, "tensors": meta}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        np.savez(f, graph=np.frombuffer(art.exported_program, np.uint8),
+                 header=np.frombuffer(json.dumps(header).encode(), np.uint8), **arrays)
+    tmp.replace(path)
+
+
+# -------------------------------------------------------------------------------- scorer side
+
+
+def load(path: Path, example: torch.Tensor, *, max_bytes: int) -> "torch.export.ExportedProgram":
+    """The graph in `path`, checked op by op before and after torch deserializes it; `example` is a
+    token batch of the shape the scorer will call it at."""
+    from torch._export.serde import serialize as serde
+
+    path = Path(path)
+    if path.stat().st_size > max_bytes:
+        raise Refused(f"the model file is {path.stat().st_size / 2**20:.0f} MB, over the {max_bytes / 2**20:.0f} MB limit")
+    try:
+        with zipfile.ZipFile(path) as z:
+            total = sum(i.file_size for i in z.infolist())
+            if total > max_bytes or any(i.compress_type != zipfile.ZIP_STORED for i in z.infolist()):
+                raise Refused("the model file is compressed or expands past the size limit")
+        with np.load(path, allow_pickle=False) as npz:
+            graph = bytes(npz["graph"])
+            header = json.loads(bytes(npz["header"]))
+            if header.get("format") != FORMAT:
+                raise Refused(f"not an evo model file (format {header.get('format')!r})")
+            state, consts = {}, {}
+            for key, m in header["tensors"].items():
+                dtype = _DTYPES.get(m["dtype"])
+                if dtype is None:
+                    raise Refused(f"tensor {m['name']!r} has unsupported dtype {m['dtype']}")
+                raw = torch.from_numpy(np.array(npz[key], dtype=np.uint8, copy=True))
+                t = raw.view(dtype).reshape(m["shape"]) if raw.numel() else torch.zeros(m["shape"], dtype=dtype)
+                if m["kind"] == "state":
+                    state[m["name"]] = torch.nn.Parameter(t, requires_grad=False) if m["parameter"] else t
+                else:
+                    consts[m["name"]] = t
+    except Refused:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
+        raise Refused(f"the model file cannot be read: {e}") from e
+    if len(graph) > MAX_GRAPH_BYTES:
+        raise Refused("the graph is implausibly large")
+    check_serialized(json.loads(graph))
+    try:
+        ep = serde.deserialize(serde.SerializedArtifact(graph, state, consts, ((example,), {})))
+    except Exception as e:  # a graph torch itself cannot rebuild
+        raise Refused(f"the graph cannot be deserialized: {type(e).__name__}: {str(e)[:200]}") from e
+    check_program(ep)
+    return ep
+
+
+def _targets(obj, out: set[str]) -> set[str]:
+    if isinstance(obj, dict):
+        if isinstance(obj.get("target"), str):
+            out.add(obj["target"])
+        for v in obj.values():
+            _targets(v, out)
+    elif isinstance(obj, list):
+        for v in obj:
+            _targets(v, out)
+    return out
+
+
+def _op_problem(name: str) -> str | None:
+    """Why an ATen op name (`add.Tensor`) is not allowed, or None."""
+    base = name.split(".")[0]
+    if base in FORBIDDEN_OPS or base.rstrip("_") in FORBIDDEN_OPS:
+        return f"operator aten.{name} reaches outside the model"
+    if any(w in base for w in RANDOM_WORDS):
+        return f"operator aten.{name} draws random numbers (eval mode must be deterministic)"
+    return None
+
+
+def check_serialized(graph: dict) -> None:
+    """Refuse, from the JSON alone, anything that is not an ATen op or getitem."""
+    for target in sorted(_targets(graph, set())):
+        if target == "_operator.getitem":
+            continue
+        if not target.startswith("torch.ops.aten."):
+            raise Refused(f"the graph calls {target}, which is not a standard ATen op "
+                          "(custom kernels and Python callables cannot be scored)")
+        problem = _op_problem(target[len("torch.ops.aten."):])
+        if problem:
+            raise Refused(problem)
+
+
+def check_program(ep: "torch.export.ExportedProgram") -> None:
+    """The live graph: standard ops only, no mutation, one token input and one output."""
+    sig = ep.graph_signature
+    if sig.buffers_to_mutate or sig.user_inputs_to_mutate:
+        names = sorted({*sig.buffers_to_mutate.values(), *sig.user_inputs_to_mutate.values()})
+        raise Refused(f"forward mutates {', '.join(names)}: the model must be a pure function of its input")
+    if len(sig.user_inputs) != 1 or len(sig.user_outputs) != 1:
+        raise Refused(f"forward must take one token tensor and return one logits tensor "
+                      f"(got {len(sig.user_inputs)} inputs, {len(sig.user_outputs)} outputs)")
+    for node in ep.graph.nodes:
+        if node.op == "call_module" or node.op == "call_method":
+            raise Refused(f"the graph has a {node.op} node ({node.target})")
+        if node.op != "call_function":
+            continue
+        t = node.target
+        if t is operator.getitem:
+            continue
+        if not isinstance(t, torch._ops.OpOverload) or t.namespace != "aten":
+            raise Refused(f"the graph calls {t}, which is not a standard ATen op")
+        problem = _op_problem(f"{t._opname}.{t._overloadname}")
+        if problem:
+            raise Refused(problem)
+        if "dropout" in t._opname and _arg(node, t, "train", "training", default=True) is not False:
+            raise Refused(f"aten.{t._opname} in training mode draws random numbers (export in eval mode)")
+        if t._opname == "scaled_dot_product_attention" and _arg(node, t, "dropout_p", default=0.0):
+            raise Refused("scaled_dot_product_attention with dropout_p > 0 is not deterministic")
+
+
+def _arg(node, op, *names, default=None):
+    """A call's argument by schema name, positional or keyword."""
+    for i, a in enumerate(op._schema.arguments):
+        if a.name in names:
+            if i < len(node.args):
+                return node.args[i]
+            return node.kwargs.get(a.name, default)
+    return default
+
+
+def parameter_count(ep: "torch.export.ExportedProgram") -> int:
+    """Parameters of the handed-over model, counted by the scorer (the trainer's count is its word)."""
+    names = set(ep.graph_signature.parameters)
+    return int(sum(t.numel() for n, t in ep.state_dict.items() if n in names))
+

@@ -1,0 +1,154 @@
+"""The scorer: val_bpb of a handed-over model, computed where no variant code runs.
+
+It is harness code only. It never imports or executes a variant: it reads the graph the trainer
+exported (`trainer.artifact`, checked op by op), the validation split and the byte lengths from
+the data directory (which the trainer's sandbox never shows), and computes bits per byte with its
+own loss. Only what it writes, to a directory no trial can reach, becomes a score.
+
+The causality check is part of the evaluation, not a separate probe a graph could recognise:
+
+- it runs at the evaluation's own shape (the graph accepts no other) on the evaluation's own rows;
+- for a random quarter of the evaluation batches (chosen here, from os.urandom, after the
+  hand-over), every row gets its own random cut point and everything after it is replaced by
+  other real validation text; the logits before each cut must equal the scoring pass's;
+- the graph is a pure function (no mutated buffer, no random op: `trainer.artifact`), so it
+  cannot count calls or behave differently the second time it sees a batch.
+
+A graph that peeks at position t for any fraction of positions is caught with a probability that
+grows with every checked row (rows × that fraction cut points are tested); one that peeks at
+every position is caught by the first. The tolerance is exactness up to the float noise measured
+by running one batch twice, capped at 1e-3 of the logits' scale.
+
+Run as `python -m trainer.scorer REQUEST.json RESULT.json` (forked from a warm scorer server by
+`trainer.runner`), or call `score()` directly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainer import artifact
+from trainer.dataset import Dataset
+from trainer.trial_config import EvalPlan
+
+CHECK_FRACTION = 0.25  # of the evaluation batches, each row cut at its own random point
+MAX_ARTIFACT_BYTES = 16 << 30
+
+
+def _autocast(device: torch.device):
+    import contextlib
+
+    if device.type == "cuda":  # the harness exports under the same autocast it trains with
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _resolve(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def score(artifact_path: str | Path, dataset_dir: str | Path, plan: EvalPlan, device: str = "cpu",
+          check_fraction: float = CHECK_FRACTION, rng_seed: int | None = None) -> dict:
+    """{"outcome": ok | cheated | unexportable | nan, "val_bpb", "params", "eval_seconds", "message",
+    "check": {...}} for the model in `artifact_path`. Never raises for anything in the file."""
+    t0 = time.time()
+    dev = _resolve(device)
+    data = Dataset(dataset_dir)
+    B, T = plan.batch, plan.seq_len
+    example = torch.zeros(B, T, dtype=torch.long)
+    try:
+        ep = artifact.load(artifact_path, example, max_bytes=MAX_ARTIFACT_BYTES)
+        model = ep.module().to(dev)
+    except artifact.Refused as e:
+        return {"outcome": "unexportable", "message": f"refused: {e}", "eval_seconds": time.time() - t0}
+    params = artifact.parameter_count(ep)
+    rows = torch.from_numpy(np.asarray(data.val_tokens[: plan.rows * T + 1]).astype(np.int64))
+    x_all = rows[:-1].view(plan.rows, T)
+    y_all = rows[1:].view(plan.rows, T)
+    # Other real text for the future after each cut: the eval rows half the slice away (a
+    # lone row: itself, rotated by half its length).
+    donors = torch.roll(x_all, shifts=plan.rows // 2, dims=0) if plan.rows > 1 else torch.roll(x_all, T // 2, dims=1)
+    token_bytes = torch.from_numpy(data.token_bytes.astype(np.int64)).to(dev)
+    n_batches = plan.rows // B
+    gen = torch.Generator().manual_seed(rng_seed if rng_seed is not None else int.from_bytes(os.urandom(7), "little"))
+    n_check = min(n_batches, max(1, math.ceil(n_batches * check_fraction)))
+    checked = set(torch.randperm(n_batches, generator=gen)[:n_check].tolist())
+    nats = torch.zeros((), dtype=torch.float64, device=dev)
+    nbytes = torch.zeros((), dtype=torch.int64, device=dev)
+    worst, scale, noise = 0.0, 0.0, None
+    check = {"batches": n_check, "rows": n_check * B}
+
+    def run(x):
+        with _autocast(dev):
+            out = model(x.to(dev))
+        if not isinstance(out, torch.Tensor) or out.dim() != 3 or tuple(out.shape[:2]) != (B, T) \
+                or out.size(-1) < data.vocab_size:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise artifact.Refused(f"model(idx) must return logits of shape ({B}, {T}, >= {data.vocab_size}); got {shape}")
+        return out.float()
+
+    try:
+        for i in range(n_batches):
+            x, y = x_all[i * B:(i + 1) * B], y_all[i * B:(i + 1) * B].to(dev)
+            logits = run(x)
+            if i in checked:
+                if noise is None:  # float noise of this graph on this device: the same batch twice
+                    noise = (run(x) - logits).abs().max().item()
+                cuts = torch.randint(1, T, (B,), generator=gen)
+                before = torch.arange(T)[None, :] < cuts[:, None]
+                spliced = torch.where(before, x, donors[i * B:(i + 1) * B])
+                diff = (run(spliced) - logits).abs().amax(-1).cpu()
+                worst = max(worst, float(diff[before].max()))
+                scale = max(scale, float(logits.abs().amax(-1).cpu()[before].max()))
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
+            b = token_bytes[y.reshape(-1)]
+            nats += (loss * (b > 0)).sum(dtype=torch.float64)
+            nbytes += b.sum()
+    except artifact.Refused as e:
+        return {"outcome": "unexportable", "params": params, "message": f"refused: {e}", "eval_seconds": time.time() - t0}
+    except Exception as e:  # the graph fails at run time (a shape guard, an op on the wrong device)
+        return {"outcome": "unexportable", "params": params, "eval_seconds": time.time() - t0,
+                "message": f"the exported model fails when called: {type(e).__name__}: {str(e)[:300]}"}
+    tol = 1e-5 * (1 + scale) + min(4 * (noise or 0.0), 1e-3 * (1 + scale))
+    check.update(max_change=worst, tolerance=tol, noise=noise or 0.0)
+    if not worst <= tol:
+        return {"outcome": "cheated", "params": params, "eval_seconds": time.time() - t0, "check": check,
+                "message": f"causality check failed: other text after a cut changed earlier logits by {worst:.3g} "
+                           f"(tolerance {tol:.2g}; {n_check * B} rows checked)"}
+    val_bpb = (nats / (math.log(2) * nbytes)).item()
+    if not math.isfinite(val_bpb):
+        return {"outcome": "nan", "params": params, "message": f"val_bpb is {val_bpb}", "eval_seconds": time.time() - t0}
+    return {"outcome": "ok", "val_bpb": val_bpb, "params": params, "eval_seconds": time.time() - t0,
+            "message": f"val_bpb {val_bpb:.6f}", "check": check}
+
+
+def main(argv: list[str]) -> int:
+    """Child of the scorer server: REQUEST.json in, RESULT.json out (atomically)."""
+    request_path, result_path = Path(argv[0]), Path(argv[1])
+    req = json.loads(request_path.read_text())
+    if req.get("threads"):
+        torch.set_num_threads(int(req["threads"]))
+    try:
+        result = score(req["artifact"], req["dataset_dir"], EvalPlan(**req["plan"]), req.get("device", "cpu"))
+    except Exception as e:  # a bug here, or a broken data directory: a failed score, said plainly
+        result = {"outcome": "crash", "message": f"scorer: {type(e).__name__}: {str(e)[:300]}"}
+    tmp = result_path.with_name(result_path.name + ".tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, result_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
