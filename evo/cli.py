@@ -97,10 +97,13 @@ def resolve_dataset(data_dir: Path | None, prepare_if_missing: bool):
 @_data_dir_option
 @click.option("--keep-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run in this directory and keep its logs (default: a temporary one).")
-def trial(path, budget, seed, device, data_dir, keep_dir):
-    """Train one train.py for a fixed time budget and print its val_bpb."""
-    from trainer.harness import default_budget
+@click.option("--sandbox", type=click.Choice(["auto", "strict", "off"]), default="auto", show_default=True,
+              help="OS sandbox around the trial (strict: refuse to run without it).")
+def trial(path, budget, seed, device, data_dir, keep_dir, sandbox):
+    """Train one train.py for a fixed time budget and print its val_bpb (scored outside the trial)."""
     from trainer.runner import format_summary, run_trial
+    from trainer.sandbox import SandboxError, resolve
+    from trainer.trial_config import default_budget
 
     if not path.is_file():
         raise click.ClickException(f"{path}: no such file (give the path to a train.py)")
@@ -112,9 +115,15 @@ def trial(path, budget, seed, device, data_dir, keep_dir):
     import torch
 
     budget = budget or default_budget("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+    try:
+        box = resolve(sandbox)
+    except SandboxError as e:
+        raise click.ClickException(str(e))
     console.print(f"trial: {path} | budget {budget:g}s | seed {seed} | device {device} | data {ds.path.name}")
+    console.print(box.describe())
     with console.status("training…"):
-        result = run_trial(path, dataset_dir=ds.path, budget=budget, seed=seed, device=device, workdir=keep_dir)
+        result = run_trial(path, dataset_dir=ds.path, budget=budget, seed=seed, device=device, workdir=keep_dir,
+                           sandbox=sandbox)
     click.echo(format_summary(result))
     if not result.ok:
         if result.stderr_tail:

@@ -47,6 +47,7 @@ class RunConfig:
     llm_max_retries: int | None = None  # SDK retries of 429/529/timeouts/5xx [the operator's default, 4]
     seed_from: str | None = None
     top: int = 8
+    sandbox: str = "auto"  # auto | strict | off: the OS sandbox around each trial (trainer.sandbox)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,7 +58,9 @@ class RunConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def harness_options(self) -> dict:
-        return {k: v for k, v in (("eval_tokens", self.eval_tokens), ("eval_seq_len", self.eval_seq_len)) if v}
+        """What every trial of the run is given besides its source and seed."""
+        opts = {k: v for k, v in (("eval_tokens", self.eval_tokens), ("eval_seq_len", self.eval_seq_len)) if v}
+        return {**opts, "sandbox": self.sandbox}
 
 
 def load_toml(path: Path) -> dict:

@@ -73,6 +73,34 @@ def _make_operator(cfg: RunConfig, seed_source: str, spent_usd: float = 0.0):
                        **options)
 
 
+def _sandbox(cfg: RunConfig, flags: dict, console: Console):
+    """The trials' sandbox, said at start: what is and is not contained. `--sandbox` may change
+    on --resume (a machine without bwrap can go on with `off`)."""
+    from trainer.sandbox import SandboxError, resolve
+
+    if flags.get("sandbox"):
+        cfg.sandbox = flags["sandbox"]
+    try:
+        box = resolve(cfg.sandbox)
+    except SandboxError as e:
+        raise EvoError(str(e))
+    if not box.enabled:
+        _keep_key_from_trials()
+    console.print(box.describe())
+
+
+def _keep_key_from_trials() -> None:
+    """Without a sandbox a trial runs as this user: make this process non-dumpable, so another
+    process of the user cannot read its environment or memory (/proc/<pid>/environ, .../mem)
+    without root's CAP_SYS_PTRACE. Trials never get the key in their own environment anyway."""
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 0)  # PR_SET_DUMPABLE
+
+
 def run_command(*, db: Path, name: str | None, resume: bool, config_file: Path | None, seed_file: Path | None,
                 program: Path | None, data_dir: Path | None, console: Console, flags: dict) -> None:
     import torch
@@ -99,6 +127,7 @@ def run_command(*, db: Path, name: str | None, resume: bool, config_file: Path |
         for key in ("generations", "trials", "hours", "max_llm_dollars"):  # stop conditions may change on resume
             if flags.get(key) is not None:
                 setattr(cfg, key, flags[key])
+        _sandbox(cfg, flags, console)
         seed_source = store.get_individual(store.individuals(run.id, generation=0)[0].id).source
         # The dollar cap covers the whole run: what earlier sessions spent counts against it.
         operator = _make_operator(cfg, seed_source, spent_usd=store.llm_spend(run.id)["cost_usd"])
@@ -124,6 +153,7 @@ def run_command(*, db: Path, name: str | None, resume: bool, config_file: Path |
         seeds = _seed_sources(cfg, seed_file)
         seed_text = seeds[0][0]
         operator = _make_operator(cfg, seed_text)  # a missing key fails here, before any write
+        _sandbox(cfg, flags, console)  # and --sandbox strict on a machine without one
         store = Store.open(db, create=True)  # refuses a file that is not an archive, writing nothing
         if name and any(r.name == name for r in store.list_runs()):
             raise EvoError(f"run '{name}' already exists in {db} (use --resume to continue it, or another --name)")
@@ -179,7 +209,7 @@ def add_run_command(main: click.Group, data_dir_option) -> None:
 
     @main.command("run")
     @click.option("--population", type=int, default=None, callback=positive_int, help="Children per generation [16].")
-    @click.option("--budget", type=float, default=None, callback=positive, help="Training seconds per trial [8 CPU, 300 GPU].")
+    @click.option("--budget", type=float, default=None, callback=positive, help="Training seconds per trial [6 CPU, 300 GPU].")
     @click.option("--generations", type=int, default=None, callback=positive_int, help="Stop after N generations.")
     @click.option("--trials", type=int, default=None, callback=positive_int, help="Stop after N finished trials.")
     @click.option("--hours", type=float, default=None, callback=positive, help="Stop dispatching after H hours.")
@@ -205,6 +235,9 @@ def add_run_command(main: click.Group, data_dir_option) -> None:
     @click.option("--llm-timeout", type=float, default=None, callback=positive, help="Seconds per LLM request [300].")
     @click.option("--llm-max-retries", type=click.IntRange(min=0), default=None,
                   help="Retries of a rate-limited, overloaded or timed-out LLM request [4].")
+    @click.option("--sandbox", type=click.Choice(["auto", "strict", "off"]), default=None,
+                  help="OS sandbox around each trial [auto: bubblewrap where it works, else none, said at start; "
+                       "strict: refuse to run without it].")
     @data_dir_option
     def run(db, name, resume, seed_file, program, config_file, data_dir, **flags):
         """Evolve train.py variants into a MAP-Elites archive (archive.db + archive.git)."""

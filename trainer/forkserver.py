@@ -22,9 +22,11 @@ and 1 for an uncaught exception, -N for a signal). When the coordinator dies, th
 stdin close and kills what it started; outside a sandbox, a trial dies with the server
 (PDEATHSIG), inside one the PID namespace ends with it.
 
-Protocol (JSON lines): the client writes {"id", "argv", "cwd", "env", "stdout", "stderr"}; the
-server answers {"ready": true} once, then {"id", "pid"} (or {"id", "error"}) per request and
-{"id", "returncode"} when that child has exited (and, exclusive, everything it left is gone).
+Protocol (JSON lines): the client writes {"id", "argv", "cwd", "env", "stdout", "stderr"} to start
+a child and {"kill": id} to SIGKILL its process group (the client never signals by pid: inside a
+sandbox the pid is the PID namespace's, not the host's); the server answers {"ready": true} once,
+then {"id", "pid"} (or {"id", "error"}) per request and {"id", "returncode"} when that child has
+exited (and, exclusive, everything it left is gone).
 """
 
 from __future__ import annotations
@@ -125,6 +127,11 @@ def serve(role: str, exclusive: bool, own_pid_namespace: bool, gpu: bool = False
                     rid = None
                     try:
                         req = json.loads(line)
+                        if "kill" in req:  # the client cannot signal by pid: ours may be another namespace's
+                            for pid, r in children.items():
+                                if r == req["kill"]:
+                                    kill_group(pid)
+                            continue
                         rid = req["id"]
                         if exclusive and children:
                             raise ValueError("a trial is already running in this server")
@@ -307,9 +314,22 @@ class Child:
         self.lost = False
         self.started_at: float | None = None
         self.ended_at: float | None = None
+        self.server: "ForkServer | None" = None
 
     def poll(self) -> int | None:
         return self.returncode if self._exited.is_set() else None
+
+    def kill(self) -> None:
+        """SIGKILL the child's process group and wait for its exit; if the server does not report
+        it within 10 s, stop the server, which takes the child with it."""
+        if self._exited.is_set():
+            return
+        if self.server is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.server._send({"kill": self.rid})
+            if not self._exited.wait(10):
+                self.server.close(force=True)
+        self._exited.wait(15)
 
     def wait(self, timeout: float | None = None) -> int | None:
         if not self._exited.wait(timeout):
@@ -361,12 +381,11 @@ class ForkServer:
                 raise ForkServerError(self._dead)
             self._next_id += 1
             child = self._children[self._next_id] = Child(self._next_id)
+        child.server = self
         req = {"id": child.rid, "argv": [str(a) for a in argv], "cwd": str(cwd), "env": env,
                "stdout": str(stdout), "stderr": str(stderr)}
         try:
-            with self._write_lock:
-                self._proc.stdin.write((json.dumps(req) + "\n").encode())
-                self._proc.stdin.flush()
+            self._send(req)
         except (OSError, ValueError) as e:
             with self._lock:
                 self._children.pop(child.rid, None)
@@ -374,6 +393,11 @@ class ForkServer:
         if not child._started.wait(READY_TIMEOUT) or child.pid is None:
             raise ForkServerError(child.error or self._dead or "the fork server did not answer")
         return child
+
+    def _send(self, msg: dict) -> None:
+        with self._write_lock:
+            self._proc.stdin.write((json.dumps(msg) + "\n").encode())
+            self._proc.stdin.flush()
 
     def _read(self) -> None:
         try:
@@ -413,14 +437,18 @@ class ForkServer:
                 child._started.set()
                 child._exited.set()
 
-    def close(self) -> None:
-        """Stop the server; it kills any child still running."""
+    def close(self, force: bool = False) -> None:
+        """Stop the server; it kills any child still running. `force`: SIGKILL its whole group at
+        once (a server that no longer answers; in a sandbox that ends its PID namespace)."""
+        if force:
+            kill_group(self._proc.pid)
         with contextlib.suppress(OSError, ValueError):
             self._proc.stdin.close()
         try:
             self._proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self._proc.kill()
+            kill_group(self._proc.pid)
+            self._proc.wait()
 
 
 def server_argv(role: str, exclusive: bool, own_pid_namespace: bool, gpu: bool = False) -> list[str]:

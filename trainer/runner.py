@@ -245,8 +245,7 @@ def _supervise(proc, limit: float, cancel: threading.Event | None) -> tuple[bool
 
 
 def _kill_group(proc) -> None:
-    forkserver.kill_group(proc.pid)
-    proc.wait()
+    proc.kill()  # through its server: inside a sandbox its pid is not a host pid
 
 
 def _tail(path: Path, n: int = STDERR_TAIL_CHARS) -> str:

@@ -130,7 +130,9 @@ def layout(*, role: str, data_dir: Path, writable: Path | None, readable: tuple[
            gpu: bool = False) -> list[str]:
     """bwrap's arguments. Order matters: the private /tmp comes before anything bound inside it
     (test data and trial directories often live under /tmp)."""
-    args = ["--unshare-all", "--cap-drop", "ALL", "--new-session", "--hostname", "evo-trial",
+    # --die-with-parent: when the coordinator's thread that started it goes (or the runner kills
+    # it), the whole namespace goes with it.
+    args = ["--unshare-all", "--die-with-parent", "--cap-drop", "ALL", "--new-session", "--hostname", "evo-trial",
             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm", "--tmpfs", "/var/tmp"]
     for d in _SYSTEM_DIRS:
         if os.path.isdir(d):
