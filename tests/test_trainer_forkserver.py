@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FAST, variant
-from trainer import forkserver
+from trainer import runner
 from trainer.runner import run_trial
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork server is Linux-only")
@@ -36,30 +36,36 @@ def trial(dataset, source, **kw):
 
 
 @pytest.fixture
-def fresh_server(monkeypatch):
-    """A fork server started inside the test (after its monkeypatching), closed after it."""
-    monkeypatch.setattr(forkserver, "_server", None)
+def fresh_server():
+    """Trials of this test get servers started inside it (after its monkeypatching)."""
+    runner.close_servers()
     yield
-    if forkserver._server is not None:
-        forkserver._server.close()
+    runner.close_servers()
+
+
+def _idle_servers():
+    return [s for idle in runner._POOL._idle.values() for s in idle]
 
 
 def test_cpu_trial_is_forked_from_the_preloaded_server_as_its_own_process(dataset, tmp_path, fresh_server):
     work = tmp_path / "w"
-    r = trial(dataset, PROBE, workdir=work)
-    assert r.outcome == "no_result"  # it never reported: a real process that just exited 0
+    r = trial(dataset, PROBE, workdir=work, sandbox="off")  # host pids: the parent is the server
+    assert r.outcome == "no_result"  # it never handed a model over: a real process that just exited 0
     ppid, preloaded, own_group, cwd, file, argv0 = (work / "probe.txt").read_text().split()
-    assert int(ppid) == forkserver._server._proc.pid
+    (server,) = _idle_servers()
+    assert int(ppid) == server.fork._proc.pid
     assert preloaded == "True" and own_group == "True"
-    assert Path(cwd) == work.resolve() and file == argv0 == str(work.resolve() / "train.py")
+    assert Path(cwd) == server.dir and file == argv0 == str(server.dir / "train.py")
 
 
-def test_spawn_gives_a_fresh_interpreter(dataset, tmp_path, monkeypatch, fresh_server):
-    monkeypatch.setenv("EVO_TRIAL_START", "spawn")
-    work = tmp_path / "w"
-    trial(dataset, PROBE, workdir=work)
-    ppid, preloaded, own_group, *_ = (work / "probe.txt").read_text().split()
-    assert forkserver._server is None and preloaded == "False" and own_group == "True"
+@pytest.mark.parametrize("start, same", [("fork", True), ("spawn", False)])
+def test_spawn_gives_every_trial_a_fresh_interpreter(dataset, tmp_path, monkeypatch, fresh_server, start, same):
+    monkeypatch.setenv("EVO_TRIAL_START", start)
+    parents = []
+    for i in range(2):
+        trial(dataset, PROBE, workdir=tmp_path / str(i), sandbox="off")
+        parents.append((tmp_path / str(i) / "probe.txt").read_text().split()[0])
+    assert (parents[0] == parents[1]) is same
 
 
 @pytest.mark.parametrize("body", [
@@ -69,13 +75,12 @@ def test_spawn_gives_a_fresh_interpreter(dataset, tmp_path, monkeypatch, fresh_s
     "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n",
     "raise KeyboardInterrupt\n",
 ])
-def test_exit_status_and_stderr_match_a_fresh_interpreter(dataset, monkeypatch, body, fresh_server):
+def test_exit_status_and_stderr_match_a_fresh_interpreter(dataset, tmp_path, body, fresh_server):
     forked = trial(dataset, body)
-    monkeypatch.setenv("EVO_TRIAL_START", "spawn")
-    spawned = trial(dataset, body)
-    assert forked.exit_code == spawned.exit_code != 0, (forked.stderr_tail, spawned.stderr_tail)
-    assert forked.outcome == spawned.outcome
-    assert forked.stderr_tail.strip().splitlines()[-1:] == spawned.stderr_tail.strip().splitlines()[-1:]
+    (tmp_path / "train.py").write_text(body)
+    fresh = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, capture_output=True, text=True)
+    assert forked.exit_code == fresh.returncode != 0, (forked.stderr_tail, fresh.stderr)
+    assert forked.stderr_tail.strip().splitlines()[-1:] == fresh.stderr.strip().splitlines()[-1:]
     if "ValueError" in body:  # the traceback starts in train.py, not in the server's runpy
         frames = [ln for ln in forked.stderr_tail.splitlines() if ln.strip().startswith("File ")]
         assert frames and all("train.py" in ln for ln in frames)
@@ -84,9 +89,9 @@ def test_exit_status_and_stderr_match_a_fresh_interpreter(dataset, monkeypatch, 
 def test_a_key_in_the_coordinator_never_reaches_the_environment_block(dataset, monkeypatch, fresh_server):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-must-not-leak")
     monkeypatch.setenv("HF_TOKEN", "hf-must-not-leak")
-    r = trial(dataset, variant("env_probe.py"), budget=0.5)
-    assert r.ok, r.stderr_tail[-500:]
-    assert forkserver._server is not None  # the server started in this test, with the key set
+    for mode in ("auto", "off"):
+        r = trial(dataset, variant("env_probe.py"), budget=0.5, sandbox=mode)
+        assert r.ok, r.stderr_tail[-500:]
 
 
 def test_ctrl_c_does_not_wait_for_the_server_to_finish_importing(dataset, tmp_path, fresh_server):
@@ -97,36 +102,42 @@ def test_ctrl_c_does_not_wait_for_the_server_to_finish_importing(dataset, tmp_pa
     assert r.outcome == "cancelled" and not (work / "stdout.log").exists()  # never forked
 
 
-def test_a_relative_workdir_is_the_trial_directory(dataset, tmp_path, monkeypatch, fresh_server):
+def test_a_relative_workdir_gets_the_trial_files(dataset, tmp_path, monkeypatch, fresh_server):
     monkeypatch.chdir(tmp_path)
     trial(dataset, PROBE, workdir="rel")
-    assert Path((tmp_path / "rel" / "probe.txt").read_text().split()[3]) == (tmp_path / "rel").resolve()
+    assert (tmp_path / "rel" / "probe.txt").is_file() and (tmp_path / "rel" / "stdout.log").is_file()
 
 
 SURVIVOR = textwrap.dedent("""\
     import os, subprocess, sys, time
-    if 'torch' in sys.modules:  # forked: start a grandchild, then wait to be orphaned
+    MARKER = 'MARKER_PATH'  # the slot is new on the retry, so the marker lives outside it
+    if not os.path.exists(MARKER):  # the first try: start a grandchild, then wait to be orphaned
+        open(MARKER, 'w').write('x')
         p = subprocess.Popen(['sleep', '300'])
-        open('grandchild', 'w').write(str(p.pid))
+        open(MARKER + '.pids', 'w').write(f"{os.getppid()} {p.pid}")
         while True:
             time.sleep(1)
-    open('spawned', 'w').write('yes')  # the runner's second try, in a fresh interpreter
+    open('spawned', 'w').write('yes')  # the runner's second try, in a fresh server
 """)
 
 
 def test_a_trial_the_server_dies_under_is_trained_again_not_charged(dataset, tmp_path, fresh_server):
     work = tmp_path / "w"
+    marker = tmp_path / "first"
+    source = SURVIVOR.replace("MARKER_PATH", str(marker))
     result = {}
-    runner = threading.Thread(target=lambda: result.update(r=trial(dataset, SURVIVOR, workdir=work, limit=120)))
-    runner.start()
+    runner_thread = threading.Thread(target=lambda: result.update(
+        r=trial(dataset, source, workdir=work, limit=120, sandbox="off")))
+    runner_thread.start()
+    pids = Path(str(marker) + ".pids")
     deadline = time.time() + 120
-    while not (work / "grandchild").exists() or not (work / "grandchild").read_text():
+    while not pids.exists() or not pids.read_text():
         assert time.time() < deadline, "the forked trial never started"
         time.sleep(0.1)
-    grandchild = int((work / "grandchild").read_text())
-    forkserver._server._proc.kill()
-    runner.join(60)
-    assert not runner.is_alive()
+    server, grandchild = map(int, pids.read_text().split())
+    os.kill(server, signal.SIGKILL)
+    runner_thread.join(60)
+    assert not runner_thread.is_alive()
     r = result["r"]
     assert r.outcome == "no_result" and r.exit_code == 0, (r.outcome, r.message)  # not "oom" from the -9
     assert (work / "spawned").read_text() == "yes"
@@ -140,7 +151,8 @@ COORDINATOR = textwrap.dedent("""\
     import sys
     from pathlib import Path
     from trainer.runner import run_trial
-    run_trial(Path(sys.argv[1]), dataset_dir=sys.argv[2], budget=1.0, device="cpu", workdir=sys.argv[3], limit=300)
+    run_trial(Path(sys.argv[1]), dataset_dir=sys.argv[2], budget=1.0, device="cpu", workdir=sys.argv[3], limit=300,
+              sandbox=sys.argv[5])
 """)
 
 
@@ -151,23 +163,54 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_a_trial_dies_with_its_coordinator(dataset, tmp_path):
-    source = "import os, time\nopen('pid', 'w').write(str(os.getpid()))\nwhile True:\n    time.sleep(1)\n"
+@pytest.mark.parametrize("mode", ["off", "auto"])
+def test_a_trial_dies_with_its_coordinator(dataset, tmp_path, mode):
+    source = "import os, time\nopen(os.environ['EVO_TEST_OUT'], 'w').write(os.getcwd())\nwhile True:\n    time.sleep(1)\n"
+    source = source.replace("os.environ['EVO_TEST_OUT']", repr("cwd.txt"))
     (tmp_path / "v.py").write_text(source)
     work = tmp_path / "w"
-    coord = subprocess.Popen([sys.executable, "-c", COORDINATOR, str(tmp_path / "v.py"), str(dataset.path), str(work)],
-                             cwd=Path(__file__).resolve().parent.parent)
+    coord = subprocess.Popen([sys.executable, "-c", COORDINATOR, str(tmp_path / "v.py"), str(dataset.path), str(work),
+                              "", mode], cwd=Path(__file__).resolve().parent.parent)
     deadline = time.time() + 120
-    while not (work / "pid").exists() or not (work / "pid").read_text():
+    while not (procs := _trial_processes(coord.pid)):
         assert time.time() < deadline and coord.poll() is None, "the trial never started"
-        time.sleep(0.1)
-    pid = int((work / "pid").read_text())
-    assert _running(pid)
+        time.sleep(0.2)
     coord.send_signal(signal.SIGKILL)
     coord.wait()
     deadline = time.time() + 10
-    while _running(pid) and time.time() < deadline:
+    while any(_running(p) for p in procs) and time.time() < deadline:
         time.sleep(0.1)
-    if _running(pid):
-        os.kill(pid, signal.SIGKILL)
-        pytest.fail("the trial outlived its coordinator")
+    left = [p for p in procs if _running(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, "the trial outlived its coordinator"
+
+
+def _trial_processes(coordinator: int) -> list[int]:
+    """Host pids of the trial processes below `coordinator`: those running in a slot directory."""
+    kids = _descendants(coordinator)
+    out = []
+    for p in kids:
+        try:
+            if "evo-trainer-" in os.readlink(f"/proc/{p}/cwd") and Path(f"/proc/{p}/cwd/cwd.txt").exists():
+                out.append(p)
+        except OSError:
+            pass
+    return out
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{p}/stat").read_text().split(")")[-1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(p))
+    out, todo = [], [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out

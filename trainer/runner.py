@@ -261,20 +261,16 @@ def _tail(path: Path, n: int = STDERR_TAIL_CHARS) -> str:
         return f.read().decode("utf-8", errors="replace")
 
 
-_COLLECTED = ("stdout.log", "stderr.log", REPORT_NAME, ARTIFACT_NAME)
-
-
 def _collect(slot: Path, work: Path) -> None:
-    """Move what the trial left that the runner reads into `work`: regular files only (a symlink
-    planted by the variant would point the runner at a file the variant cannot read itself)."""
-    for name in _COLLECTED:
-        src = slot / name
-        try:
-            st = os.lstat(src)
-        except FileNotFoundError:
-            continue
+    """Move the files the trial left in its slot into `work`: regular files at the top level only
+    (a symlink or hard link planted by the variant would point the runner at a file the variant
+    cannot read itself; directories such as compiler caches stay behind and are cleared)."""
+    for entry in os.scandir(slot):
+        if entry.name in ("train.py", "config.json"):
+            continue  # the runner's own copies are in `work` already
+        st = entry.stat(follow_symlinks=False)
         if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
-            shutil.move(str(src), str(work / name))
+            shutil.move(entry.path, str(work / entry.name))
 
 
 def _read_report(path: Path) -> dict | None:
@@ -316,6 +312,8 @@ def _train(text: str, cfg: TrialConfig, box: Sandbox, gpu: bool, env: dict[str, 
             if proc is None:
                 return None, False, True, server.sandboxed
             timed_out, cancelled = _supervise(proc, limit, cancel)
+            if proc.lost and not server.sandboxed:
+                forkserver.kill_group(proc.pid)  # what the trial started outlives it (a sandbox's end takes it)
             if proc.lost and not cancelled and attempt == 0:
                 # The server died under the trial (perhaps killed by it): not, by itself, a verdict.
                 # Train the variant once more in a fresh server; a second loss is the variant's.
