@@ -1,4 +1,5 @@
-"""The harness's metric and its guard, in-process on the tiny dataset."""
+"""The scorer's metric and its guard, and what the harness gives a variant, in-process on the tiny
+dataset: models are exported and handed over exactly as h.finish does, then scored."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from trainer import artifact
 from trainer.harness import Harness, TrialConfig
+from trainer.scorer import score
+from trainer.trial_config import eval_plan
 
 
 class Uniform(nn.Module):
@@ -28,6 +32,18 @@ class Peek(Uniform):
         return 5.0 * F.one_hot(torch.roll(idx, -1, dims=1), self.vocab).float()
 
 
+class Causal(Uniform):
+    """Honest and input-dependent: a running mean of the embeddings so far."""
+
+    def __init__(self, vocab):
+        super().__init__(vocab)
+        self.emb = nn.Embedding(vocab, vocab)
+
+    def forward(self, idx):
+        e = self.emb(idx)
+        return e.cumsum(1) / torch.arange(1, idx.size(1) + 1)[None, :, None]
+
+
 class Pooling(Uniform):
     """Leaks the future subtly: every position sees the mean of the whole sequence."""
 
@@ -40,15 +56,24 @@ def make(dataset, **kw) -> Harness:
     return Harness(TrialConfig(dataset_dir=str(dataset.path), device="cpu", **kw))
 
 
-def test_uniform_model_bpb_equals_closed_form(dataset):
-    h = make(dataset, eval_tokens=2048, eval_seq_len=64)
-    bpb = h.evaluate_bpb(Uniform(h.vocab_size))
+def scored(dataset, tmp_path, model, eval_tokens=2048, eval_seq_len=64, **kw) -> dict:
+    """Hand `model` over as h.finish does (export at the evaluation's shape, save) and score it."""
+    plan = eval_plan(eval_tokens, eval_seq_len, len(dataset.val_tokens), cuda=False)
+    example = torch.zeros(plan.batch, plan.seq_len, dtype=torch.long)
+    path = tmp_path / "model.evo"
+    artifact.save(artifact.export(model.eval(), example), path)
+    return score(path, dataset.path, plan, "cpu", **kw)
+
+
+def test_uniform_model_bpb_equals_closed_form(dataset, tmp_path):
+    r = scored(dataset, tmp_path, Uniform(dataset.vocab_size))
     n = (2048 // 64) * 64
-    assert bpb == pytest.approx(dataset.uniform_bpb(n), rel=1e-6)
+    assert r["outcome"] == "ok" and r["val_bpb"] == pytest.approx(dataset.uniform_bpb(n), rel=1e-6)
     # and the closed form itself: log2(V) per counted token over the bytes they carry
     y = np.asarray(dataset.val_tokens[1 : n + 1]).astype(np.int64)
     b = dataset.token_bytes[y]
-    assert bpb == pytest.approx(math.log2(h.vocab_size) * (b > 0).sum() / b.sum(), rel=1e-6)
+    assert r["val_bpb"] == pytest.approx(math.log2(dataset.vocab_size) * (b > 0).sum() / b.sum(), rel=1e-6)
+    assert r["params"] == 1  # counted by the scorer from the graph's weights
 
 
 def test_bos_tokens_carry_no_bytes(dataset):
@@ -56,23 +81,112 @@ def test_bos_tokens_carry_no_bytes(dataset):
     assert (dataset.token_bytes[: dataset.bos_id] > 0).all()
 
 
-def test_causal_model_passes_check(dataset):
-    h = make(dataset, eval_seq_len=64)
-    ok, diff = h.causality_ok(Uniform(h.vocab_size))
-    assert ok and diff == 0.0
+def test_causal_model_passes_the_check_exactly(dataset, tmp_path):
+    r = scored(dataset, tmp_path, Causal(dataset.vocab_size))
+    assert r["outcome"] == "ok" and r["check"]["max_change"] == 0.0 and r["check"]["rows"] >= 16
 
 
-@pytest.mark.parametrize("cheat", [Peek, Pooling])
-def test_model_that_sees_the_future_is_refused(dataset, cheat):
-    h = make(dataset, eval_seq_len=64)
-    ok, diff = h.causality_ok(cheat(h.vocab_size))
-    assert not ok and diff > 0
+class LongOnly(Uniform):
+    """Peeks only at sequences longer than a short probe's 64 tokens: the old check's blind spot."""
+
+    def forward(self, idx):
+        base = super().forward(idx)
+        if idx.size(1) > 64:  # a shape, not data: export keeps this branch
+            return base + 5.0 * F.one_hot(torch.roll(idx, -1, dims=1), self.vocab).float()
+        return base
 
 
-def test_peeking_model_would_score_impossibly_well(dataset):
-    """Why the check matters: the cheat's bpb is far below anything honest."""
-    h = make(dataset, eval_tokens=2048, eval_seq_len=64)
-    assert h.evaluate_bpb(Peek(h.vocab_size)) < 0.5 * h.evaluate_bpb(Uniform(h.vocab_size))
+class Sparse(Uniform):
+    """Peeks at every 7th position only."""
+
+    def forward(self, idx):
+        peek = 5.0 * F.one_hot(torch.roll(idx, -1, dims=1), self.vocab).float()
+        mask = (torch.arange(idx.size(1)) % 7 == 0).float()[None, :, None]
+        return super().forward(idx) + peek * mask
+
+
+class Counter(Uniform):
+    """Counts its calls in a buffer: could behave one way under a check and another in the evaluation."""
+
+    def __init__(self, vocab):
+        super().__init__(vocab)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, idx):
+        self.calls += 1
+        return super().forward(idx)
+
+
+class Noisy(Uniform):
+    def forward(self, idx):
+        return super().forward(idx) + torch.rand(*idx.shape, self.vocab)
+
+
+@pytest.mark.parametrize("cheat", [Peek, Pooling, Sparse])
+def test_model_that_sees_the_future_is_refused(dataset, tmp_path, cheat):
+    r = scored(dataset, tmp_path, cheat(dataset.vocab_size))
+    assert r["outcome"] == "cheated" and "val_bpb" not in r and r["check"]["max_change"] > 0
+
+
+def test_the_check_runs_at_the_evaluation_shape(dataset, tmp_path):
+    r = scored(dataset, tmp_path, LongOnly(dataset.vocab_size), eval_tokens=4096, eval_seq_len=128)
+    assert r["outcome"] == "cheated"
+
+
+@pytest.mark.parametrize("model, needle", [(Counter, "mutates"), (Noisy, "random")])
+def test_impure_graphs_are_refused(dataset, tmp_path, model, needle):
+    r = scored(dataset, tmp_path, model(dataset.vocab_size))
+    assert r["outcome"] == "unexportable" and needle in r["message"]
+
+
+def test_custom_ops_are_refused(dataset, tmp_path):
+    @torch.library.custom_op("evotest::bump", mutates_args=())
+    def bump(x: torch.Tensor) -> torch.Tensor:
+        return x + 1
+
+    bump.register_fake(lambda x: torch.empty_like(x))
+
+    class Custom(Uniform):
+        def forward(self, idx):
+            return bump(super().forward(idx))
+
+    r = scored(dataset, tmp_path, Custom(dataset.vocab_size))
+    assert r["outcome"] == "unexportable" and "evotest" in r["message"]
+
+
+@pytest.mark.parametrize("content", [b"not a zip", b"PK\x03\x04garbage"])
+def test_a_file_that_is_not_a_graph_is_refused(dataset, tmp_path, content):
+    (tmp_path / "model.evo").write_bytes(content)
+    plan = eval_plan(2048, 64, len(dataset.val_tokens), cuda=False)
+    assert score(tmp_path / "model.evo", dataset.path, plan)["outcome"] == "unexportable"
+
+
+def test_a_pickle_is_never_unpickled(dataset, tmp_path):
+    class Boom:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    with (tmp_path / "model.evo").open("wb") as f:
+        np.savez(f, graph=np.frombuffer(b"{}", np.uint8), header=np.array([Boom()], dtype=object))
+    plan = eval_plan(2048, 64, len(dataset.val_tokens), cuda=False)
+    assert score(tmp_path / "model.evo", dataset.path, plan)["outcome"] == "unexportable"
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_the_peeking_model_would_score_impossibly_well(dataset, tmp_path):
+    """Why the check matters: the cheat's logits, scored without it, are far below uniform."""
+    plan = eval_plan(2048, 64, len(dataset.val_tokens), cuda=False)
+    x = torch.from_numpy(np.asarray(dataset.val_tokens[: plan.batch * 64 + 1]).astype(np.int64))
+    logits = Peek(dataset.vocab_size)(x[:-1].view(plan.batch, 64))
+    bits = F.cross_entropy(logits.reshape(-1, logits.size(-1)), x[1:].reshape(-1)).item() / math.log(2)
+    assert bits < 0.5 * math.log2(dataset.vocab_size)
+    assert scored(dataset, tmp_path, Peek(dataset.vocab_size))["outcome"] == "cheated"
+
+
+def test_the_harness_offers_no_validation_data(dataset):
+    h = make(dataset)
+    assert not any("val" in name for name in dir(h.data))
+    assert h.data.train_tokens is not None and h.data.vocab_size == dataset.vocab_size
 
 
 def test_batches_are_windows_of_the_train_tokens_and_seeded(dataset):

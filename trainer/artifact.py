@@ -12,7 +12,8 @@ the live graph after:
   higher-order op, so no kernel or code from the variant runs in the scorer;
 - no op that reads outside state (`aten.from_file`), draws random numbers, or prints;
 - the graph is a pure function: no buffer or input it mutates (a call counter could tell the
-  causality check from the evaluation), one token input of the evaluation's shape, one output.
+  causality check from the evaluation; a graph with in-place ops is made functional here first,
+  so such a write shows), one token input of the evaluation's shape, one output.
 
 A model whose forward cannot be exported (data-dependent Python control flow, a custom kernel)
 is the trial's `unexportable` outcome, with the exporter's message, not a crash.
@@ -47,13 +48,15 @@ class Refused(Exception):
 
 
 def export(model: torch.nn.Module, example: torch.Tensor) -> "torch.export.ExportedProgram":
-    """`model` in eval mode, traced at `example`'s exact shape (the scorer calls it at no other)."""
+    """`model` in eval mode, traced at `example`'s exact shape (the scorer calls it at no other).
+    Under an autocast context the graph expects that autocast when it runs: `save` records it."""
     with torch.no_grad():
         return torch.export.export(model, (example,), strict=False)
 
 
-def save(ep: "torch.export.ExportedProgram", path: Path) -> None:
-    """Write the graph and its tensors; atomic, so a half-written file is never handed over."""
+def save(ep: "torch.export.ExportedProgram", path: Path, autocast: torch.dtype | None = None) -> None:
+    """Write the graph and its tensors; atomic, so a half-written file is never handed over.
+    `autocast`: the dtype of the autocast the model was exported under (CUDA's bf16), or None."""
     from torch._export.serde import serialize as serde
 
     art = serde.serialize(ep, serialize_state_dict=False, serialize_constants=False, serialize_example_inputs=False)
@@ -69,7 +72,7 @@ def save(ep: "torch.export.ExportedProgram", path: Path) -> None:
             meta[key] = {"kind": kind, "name": name, "dtype": str(t.dtype), "shape": list(t.shape),
                          "parameter": isinstance(value, torch.nn.Parameter)}
     arrays = {k: t.view(-1).view(torch.uint8).numpy() if t.numel() else np.zeros(0, np.uint8) for k, t in tensors.items()}
-    header = {"format": FORMAT, "tensors": meta}
+    header = {"format": FORMAT, "tensors": meta, "autocast": str(autocast) if autocast else None}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("wb") as f:
@@ -81,7 +84,27 @@ def save(ep: "torch.export.ExportedProgram", path: Path) -> None:
 # -------------------------------------------------------------------------------- scorer side
 
 
-def load(path: Path, example: torch.Tensor, *, max_bytes: int) -> "torch.export.ExportedProgram":
+class Graph:
+    """A checked, loaded hand-over: call it on a token batch of the exported shape."""
+
+    def __init__(self, ep: "torch.export.ExportedProgram", autocast: torch.dtype | None):
+        self.program = ep
+        self.autocast = autocast
+        self.params = parameter_count(ep)
+
+    def module(self, device: torch.device):
+        m = self.program.module().to(device)
+        if self.autocast is None:
+            return m
+
+        def run(x):  # the autocast the graph was traced under: its dtype asserts expect it
+            with torch.autocast(device.type, dtype=self.autocast):
+                return m(x)
+
+        return run
+
+
+def load(path: Path, example: torch.Tensor, *, max_bytes: int) -> Graph:
     """The graph in `path`, checked op by op before and after torch deserializes it; `example` is a
     token batch of the shape the scorer will call it at."""
     from torch._export.serde import serialize as serde
@@ -121,8 +144,27 @@ def load(path: Path, example: torch.Tensor, *, max_bytes: int) -> "torch.export.
         ep = serde.deserialize(serde.SerializedArtifact(graph, state, consts, ((example,), {})))
     except Exception as e:  # a graph torch itself cannot rebuild
         raise Refused(f"the graph cannot be deserialized: {type(e).__name__}: {str(e)[:200]}") from e
+    autocast = header.get("autocast")
+    if autocast is not None and autocast not in ("torch.bfloat16", "torch.float16"):
+        raise Refused(f"unsupported autocast dtype {autocast!r}")
+    autocast = _DTYPES[autocast] if autocast else None
+    if any(n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) and n.target._schema.is_mutable
+           for n in ep.graph.nodes):
+        # In-place ops: make the graph functional (here, in trusted code), so that a write to a
+        # buffer or an input shows up as a mutation and is refused; a write to a temporary is fine.
+        try:
+            with torch.autocast(example.device.type, dtype=autocast) if autocast else _nullcontext():
+                ep = ep.run_decompositions({})
+        except Exception as e:
+            raise Refused(f"the graph cannot be made functional: {type(e).__name__}: {str(e)[:200]}") from e
     check_program(ep)
-    return ep
+    return Graph(ep, autocast)
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 def _targets(obj, out: set[str]) -> set[str]:
@@ -179,6 +221,9 @@ def check_program(ep: "torch.export.ExportedProgram") -> None:
             continue
         if not isinstance(t, torch._ops.OpOverload) or t.namespace != "aten":
             raise Refused(f"the graph calls {t}, which is not a standard ATen op")
+        if t._schema.is_mutable:
+            raise Refused(f"the graph writes in place (aten.{t._opname}): the model must be a pure function of "
+                          "its input (h.finish exports a functional graph)")
         problem = _op_problem(f"{t._opname}.{t._overloadname}")
         if problem:
             raise Refused(problem)

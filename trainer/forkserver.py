@@ -87,6 +87,7 @@ def _warm_up(role: str) -> None:
 
         art = serde.serialize(ep, serialize_state_dict=False, serialize_constants=False, serialize_example_inputs=False)
         serde.deserialize(serde.SerializedArtifact(art.exported_program, dict(ep.state_dict), {}, ((x,), {})))
+        ep.run_decompositions({})
 
 
 def serve(role: str, exclusive: bool, own_pid_namespace: bool, gpu: bool = False) -> None:

@@ -222,7 +222,7 @@ class Harness:
         try:
             with self.autocast():
                 ep = artifact.export(model, example)
-            artifact.save(ep, path)
+            artifact.save(ep, path, autocast=torch.bfloat16 if self.is_cuda else None)
         except Exception as e:
             tail = "".join(traceback.format_exception_only(type(e), e)).strip()
             message = f"torch.export failed: {tail.splitlines()[0][:300] if tail else type(e).__name__}"

@@ -44,14 +44,6 @@ CHECK_FRACTION = 0.25  # of the evaluation batches, each row cut at its own rand
 MAX_ARTIFACT_BYTES = 16 << 30
 
 
-def _autocast(device: torch.device):
-    import contextlib
-
-    if device.type == "cuda":  # the harness exports under the same autocast it trains with
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _resolve(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -69,11 +61,11 @@ def score(artifact_path: str | Path, dataset_dir: str | Path, plan: EvalPlan, de
     B, T = plan.batch, plan.seq_len
     example = torch.zeros(B, T, dtype=torch.long)
     try:
-        ep = artifact.load(artifact_path, example, max_bytes=MAX_ARTIFACT_BYTES)
-        model = ep.module().to(dev)
+        graph = artifact.load(artifact_path, example, max_bytes=MAX_ARTIFACT_BYTES)
+        model = graph.module(dev)
     except artifact.Refused as e:
         return {"outcome": "unexportable", "message": f"refused: {e}", "eval_seconds": time.time() - t0}
-    params = artifact.parameter_count(ep)
+    params = graph.params
     rows = torch.from_numpy(np.asarray(data.val_tokens[: plan.rows * T + 1]).astype(np.int64))
     x_all = rows[:-1].view(plan.rows, T)
     y_all = rows[1:].view(plan.rows, T)
@@ -91,8 +83,7 @@ def score(artifact_path: str | Path, dataset_dir: str | Path, plan: EvalPlan, de
     check = {"batches": n_check, "rows": n_check * B}
 
     def run(x):
-        with _autocast(dev):
-            out = model(x.to(dev))
+        out = model(x.to(dev))
         if not isinstance(out, torch.Tensor) or out.dim() != 3 or tuple(out.shape[:2]) != (B, T) \
                 or out.size(-1) < data.vocab_size:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
