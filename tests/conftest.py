@@ -39,6 +39,21 @@ def dataset(corpus_dir, tmp_path_factory):
                    vocab_size=512, val_fraction=0.2)
 
 
+@pytest.fixture
+def requires_sandbox():
+    """Tests of the OS sandbox: skipped where bubblewrap cannot run, except in CI, where a missing
+    sandbox is a failure (.ci/run installs it)."""
+    import os
+
+    from trainer.sandbox import probe
+
+    usable, why = probe()
+    if not usable:
+        if os.environ.get("CI"):
+            pytest.fail(f"the sandbox is required in CI: {why}")
+        pytest.skip(why)
+
+
 def variant(name: str) -> str:
     return (VARIANTS / name).read_text()
 

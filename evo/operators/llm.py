@@ -288,7 +288,8 @@ class LLMOperator:
 
     def _system(self, ctx: ArchiveContext) -> list[dict]:
         """The stable prefix, cached: the program and the seed change only between runs."""
-        text = _SYSTEM.format(program=ctx.program or self._default_program, answer_format=ANSWER_FORMAT)
+        text = _SYSTEM.format(program=ctx.program or self._default_program, contract=CONTRACT,
+                              answer_format=ANSWER_FORMAT)
         if self._seed_source:
             text += f"\n\n# The seed train.py this run started from\n\n```python\n{self._seed_source}```\n"
         return [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]
@@ -327,14 +328,31 @@ def _packaged_seed() -> str:
 
 _SYSTEM = """\
 You improve a small GPT training script, train.py, inside an evolutionary search. Every variant is
-trained for the same fixed wall-clock budget and scored by the harness on held-out data by val_bpb
+trained for the same fixed wall-clock budget and scored outside it on held-out data by val_bpb
 (validation bits per byte, lower is better). Your children compete in a MAP-Elites archive.
 
 # The research program
 
 {program}
 
+# How every variant is run and scored (fixed by evo, whatever the program says)
+
+{contract}
+
 # {answer_format}"""
+
+# evo's own rules, shown after any program (a user's program.md may not mention them).
+CONTRACT = """- train.py imports `from trainer import harness`; `h = harness.setup()` first, training batches only
+  from `h.train_batches(B, T)`, `while not h.done:` ... `h.step(tokens=..., loss=...)`, and
+  `h.finish(model, ...)` last. `h.finish` exports the model with torch.export (eval mode, at a fixed
+  (batch, seq_len) shape) and a separate process scores that graph: the forward pass must be
+  exportable (no control flow on tensor values, no `.item()` in forward, no custom or downloaded
+  kernels, no randomness in eval mode, no writes to buffers) and return (B, T, vocab) logits.
+- The trial runs sandboxed: no network, no validation data, no files outside its directory and the
+  training split, no API keys. Scores from anything but the exported model do not exist.
+- The runner's own clock bounds launch -> hand-over at the budget plus a fixed allowance; a trial
+  over it is `over_budget`. Failures (unexportable, over_budget, cheated, crash, ...) are shown to
+  you with their error tail."""
 
 _REPAIR = """\
 Your answer could not be used: {error}
