@@ -6,9 +6,10 @@ for each run and as medians:
 
   val_bpb, training seconds, total seconds, overhead = total - training, split into
   start-up (process start, imports, data, model build), compile (the un-timed warm-up steps:
-  torch.compile on CUDA, the first step on CPU), evaluation (causality check + val_bpb) and the rest
-  (process exit, runner bookkeeping); overhead as % of the budget; tokens/s; MFU (CUDA only); peak
-  memory (CUDA: max allocated; CPU: the trial process's max RSS);
+  torch.compile on CUDA, the first step on CPU), export (the hand-over: torch.export + save),
+  scoring (the scorer process: load, causality check, val_bpb) and the rest (process exit, runner
+  bookkeeping, sandbox); the runner's launch -> hand-over clock; overhead as % of the budget;
+  tokens/s; MFU (CUDA only); peak memory (CUDA: max allocated; CPU: the trial process's max RSS);
 
 then the spread of val_bpb across runs with the same seed (noise from timing alone: a time budget
 trains a different number of steps each run) and/or across different seeds.
@@ -36,9 +37,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from trainer.dataset import DatasetError  # noqa: E402
-from trainer.harness import default_budget  # noqa: E402
 from trainer.prepare import find_dataset, prepare  # noqa: E402
 from trainer.runner import TrialResult, run_trial  # noqa: E402
+from trainer.trial_config import default_budget  # noqa: E402
 
 SEED_TRAIN = REPO / "trainer" / "train.py"
 
@@ -52,7 +53,9 @@ COLUMNS = [  # header, width, how to get the value from a row dict, format
     ("ovh_s", 6, "overhead", ".1f"),
     ("start", 6, "startup_seconds", ".1f"),
     ("compile", 7, "compile_seconds", ".2f"),
-    ("eval", 6, "eval_seconds", ".1f"),
+    ("export", 6, "export_seconds", ".2f"),
+    ("score", 6, "eval_seconds", ".2f"),
+    ("hand_s", 6, "handover_seconds", ".1f"),
     ("rest", 5, "rest", ".2f"),
     ("ovh_%", 6, "overhead_pct", ".0f"),
     ("tok/s", 9, "tokens_per_second", ",.0f"),
@@ -74,6 +77,7 @@ def parse_args(argv=None):
     p.add_argument("--source", type=Path, default=SEED_TRAIN, help="the train.py to run [the seed]")
     p.add_argument("--threads", type=int, default=None, help="torch threads in the trial (CPU) [torch's default]")
     p.add_argument("--json", type=Path, default=None, help="also write every TrialResult and the medians here")
+    p.add_argument("--sandbox", choices=("auto", "strict", "off"), default="auto", help="the trials' sandbox [auto]")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
@@ -111,7 +115,7 @@ def row_of(label: str, r: TrialResult) -> dict:
     d["run"] = label
     tr, tot = r.training_seconds, r.total_seconds
     d["overhead"] = tot - tr if tot is not None and tr is not None else None
-    parts = (r.startup_seconds, r.compile_seconds, r.eval_seconds)
+    parts = (r.startup_seconds, r.compile_seconds, r.export_seconds, r.eval_seconds)
     d["rest"] = d["overhead"] - sum(parts) if d["overhead"] is not None and None not in parts else None
     d["overhead_pct"] = 100 * d["overhead"] / r.budget if d["overhead"] is not None else None
     d["mfu_pct"] = 100 * r.mfu if r.mfu is not None else None
@@ -182,7 +186,7 @@ def main(argv=None) -> int:
             seed = 0 if mode == "same" else i
             label = f"{mode[0]}{i + 1}"
             r = run_trial(args.source, dataset_dir=ds.path, budget=budget, seed=seed, device=args.device,
-                          threads=args.threads)
+                          threads=args.threads, sandbox=args.sandbox)
             row = row_of(label, r)
             runs[mode].append(row)
             results.append({"mode": mode, **r.to_dict()})
@@ -199,7 +203,7 @@ def main(argv=None) -> int:
     if med.get("overhead") is not None:
         print(f"median overhead {med['overhead']:.1f}s = {med['overhead_pct']:.0f}% of the {budget:g}s budget "
               f"(start-up {med['startup_seconds']:.1f}s, compile/warm-up {med['compile_seconds']:.2f}s, "
-              f"eval {med['eval_seconds']:.1f}s, rest {med['rest']:.2f}s)")
+              f"export {med['export_seconds']:.2f}s, scoring {med['eval_seconds']:.2f}s, rest {med['rest']:.2f}s)")
     for mode, rows in runs.items():
         print(spread("same seed (0)" if mode == "same" else "different seeds", rows))
     if args.json:
