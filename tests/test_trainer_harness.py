@@ -214,3 +214,37 @@ def test_budget_counts_training_steps_after_warmup(dataset):
         time.sleep(0.05)
         h.step(tokens=16)
     assert 0.2 <= h.training_seconds < 0.5 and h.progress == 1.0
+
+
+def _rewrite_graph(path, edit):
+    """Re-write the graph JSON inside a saved hand-over, as a hostile trainer could."""
+    import json
+
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    graph = json.loads(bytes(arrays["graph"]))
+    edit(graph)
+    arrays["graph"] = np.frombuffer(json.dumps(graph).encode(), np.uint8)
+    with path.open("wb") as f:
+        np.savez(f, **arrays)
+
+
+def test_code_hidden_in_a_graph_file_never_runs(dataset, tmp_path):
+    """torch's deserializer compiles guard code and parses shape expressions with sympy (which
+    evaluates strings): the scorer drops the one and refuses the other."""
+    plan = eval_plan(2048, 64, len(dataset.val_tokens), cuda=False)
+    path = tmp_path / "model.evo"
+    artifact.save(artifact.export(Uniform(dataset.vocab_size).eval(), torch.zeros(plan.batch, 64, dtype=torch.long)), path)
+    pwned = tmp_path / "pwned"
+    payload = f"__import__('pathlib').Path({str(pwned)!r}).touch() or True"
+    _rewrite_graph(path, lambda g: g.update(guards_code=[payload]))
+    assert score(path, dataset.path, plan)["outcome"] == "ok" and not pwned.exists()
+
+    def symbolic(g):
+        g["range_constraints"] = {"s0": {"min_val": 2, "max_val": 10}}
+        g["graph_module"]["graph"]["nodes"][0]["inputs"] = [{"name": "x", "arg": {"as_sym_int": {"as_expr": {
+            "expr_str": payload}}}}]
+
+    _rewrite_graph(path, symbolic)
+    r = score(path, dataset.path, plan)
+    assert r["outcome"] == "unexportable" and "symbolic" in r["message"] and not pwned.exists()

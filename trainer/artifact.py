@@ -33,7 +33,7 @@ import torch
 FORMAT = "evo-graph-1"
 MAX_GRAPH_BYTES = 64 << 20  # the JSON of a 100-layer model is a few MB
 # ATen ops that reach outside the graph's inputs or are not functions of them.
-FORBIDDEN_OPS = {"from_file", "_print", "set_"}
+FORBIDDEN_OPS = {"from_file", "save", "_print", "set_"}
 RANDOM_WORDS = ("rand", "bernoulli", "normal", "multinomial", "poisson", "exponential", "uniform",
                 "cauchy", "geometric", "log_normal", "random")
 _DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
@@ -93,7 +93,7 @@ class Graph:
         self.params = parameter_count(ep)
 
     def module(self, device: torch.device):
-        m = self.program.module().to(device)
+        m = self.program.module(check_guards=False).to(device)
         if self.autocast is None:
             return m
 
@@ -139,9 +139,15 @@ def load(path: Path, example: torch.Tensor, *, max_bytes: int) -> Graph:
         raise Refused(f"the model file cannot be read: {e}") from e
     if len(graph) > MAX_GRAPH_BYTES:
         raise Refused("the graph is implausibly large")
-    check_serialized(json.loads(graph))
     try:
-        ep = serde.deserialize(serde.SerializedArtifact(graph, state, consts, ((example,), {})))
+        parsed = json.loads(graph)
+    except ValueError as e:
+        raise Refused(f"the graph is not JSON: {e}") from e
+    if not isinstance(parsed, dict):
+        raise Refused("the graph is not a serialized program")
+    check_serialized(parsed)
+    try:
+        ep = serde.deserialize(serde.SerializedArtifact(json.dumps(parsed).encode(), state, consts, ((example,), {})))
     except Exception as e:  # a graph torch itself cannot rebuild
         raise Refused(f"the graph cannot be deserialized: {type(e).__name__}: {str(e)[:200]}") from e
     autocast = header.get("autocast")
@@ -157,7 +163,7 @@ def load(path: Path, example: torch.Tensor, *, max_bytes: int) -> Graph:
                 ep = ep.run_decompositions({})
         except Exception as e:
             raise Refused(f"the graph cannot be made functional: {type(e).__name__}: {str(e)[:200]}") from e
-    check_program(ep)
+    check_program(ep, example)
     return Graph(ep, autocast)
 
 
@@ -189,8 +195,26 @@ def _op_problem(name: str) -> str | None:
     return None
 
 
+def _keys(obj, out: set[str]) -> set[str]:
+    if isinstance(obj, dict):
+        out.update(obj)
+        for v in obj.values():
+            _keys(v, out)
+    elif isinstance(obj, list):
+        for v in obj:
+            _keys(v, out)
+    return out
+
+
 def check_serialized(graph: dict) -> None:
-    """Refuse, from the JSON alone, anything that is not an ATen op or getitem."""
+    """Refuse, from the JSON alone, anything torch's deserializer would turn into code: symbolic
+    shape expressions (it parses them with sympy, which evaluates strings) and targets that are
+    not ATen ops or getitem. Guard code (Python source the deserializer compiles into the module)
+    is dropped: the scorer calls the graph at the one shape it checks itself."""
+    symbolic = _keys(graph, set()) & {"as_expr", "expr_str"}
+    if symbolic or graph.get("range_constraints"):
+        raise Refused("the graph has symbolic shapes; it must be exported at the evaluation's fixed shape")
+    graph["guards_code"] = []
     for target in sorted(_targets(graph, set())):
         if target == "_operator.getitem":
             continue
@@ -202,7 +226,7 @@ def check_serialized(graph: dict) -> None:
             raise Refused(problem)
 
 
-def check_program(ep: "torch.export.ExportedProgram") -> None:
+def check_program(ep: "torch.export.ExportedProgram", example: torch.Tensor | None = None) -> None:
     """The live graph: standard ops only, no mutation, one token input and one output."""
     sig = ep.graph_signature
     if sig.buffers_to_mutate or sig.user_inputs_to_mutate:
@@ -211,6 +235,12 @@ def check_program(ep: "torch.export.ExportedProgram") -> None:
     if len(sig.user_inputs) != 1 or len(sig.user_outputs) != 1:
         raise Refused(f"forward must take one token tensor and return one logits tensor "
                       f"(got {len(sig.user_inputs)} inputs, {len(sig.user_outputs)} outputs)")
+    if example is not None:
+        (idx,) = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name == sig.user_inputs[0]]
+        val = idx.meta.get("val")
+        if val is None or tuple(val.shape) != tuple(example.shape) or val.dtype != torch.long:
+            raise Refused(f"the graph takes {tuple(val.shape) if val is not None else '?'} "
+                          f"{getattr(val, 'dtype', '')} tokens, not the evaluation's {tuple(example.shape)} long tensor")
     for node in ep.graph.nodes:
         if node.op == "call_module" or node.op == "call_method":
             raise Refused(f"the graph has a {node.op} node ({node.target})")
