@@ -363,6 +363,7 @@ apply to the ORIGINAL train.py from my first message (not to your previous attem
 _TOP_ELITES = 3  # elites shown with their diff to the parent; the rest get one line each
 _DIFF_LINES = 120
 _STDERR_CHARS = 800
+_FRAME_CHARS = 600  # section titles and the noise line around the optional sections
 
 
 class _Room:
@@ -388,7 +389,7 @@ def _mutation_prompt(parent: ParentInfo, ctx: ArchiveContext, room_chars: int) -
         "time budget. Prefer an idea that is not listed above as tried. Reply in the answer format; "
         "SEARCH texts must be copied from the parent's source above.\n"
     )
-    room = _Room(room_chars - len(head) - len(task))
+    room = _Room(room_chars - len(head) - len(task) - _FRAME_CHARS)
     others = [e for e in ctx.elites if e.id != parent.id]
     tried = room.fill([f"- {h}\n" for h in ctx.tried_from_parent])
     best = room.fill([_elite_with_diff(e, parent) for e in others[:_TOP_ELITES]])
@@ -428,7 +429,7 @@ def _crossover_prompt(a: ParentInfo, b: ParentInfo, ancestor: str | None, confli
         "\n# Your task\n\nWrite ONE child that combines the ideas of both parents into a variant you expect "
         "to beat both. Reply in the answer format; the edits apply to parent A's source above.\n"
     )
-    room = _Room(room_chars - len(head) - len(task))
+    room = _Room(room_chars - len(head) - len(task) - _FRAME_CHARS)
     middle = ""
     if conflicts:
         shown = room.fill([_conflict_regions(conflicts)])
