@@ -8,15 +8,18 @@ own loss. Only what it writes, to a directory no trial can reach, becomes a scor
 The causality check is part of the evaluation, not a separate probe a graph could recognise:
 
 - it runs at the evaluation's own shape (the graph accepts no other) on the evaluation's own rows;
-- for a random quarter of the evaluation batches (chosen here, from os.urandom, after the
-  hand-over), every row gets its own random cut point and everything after it is replaced by
-  other real validation text; the logits before each cut must equal the scoring pass's;
+- for a random quarter of the evaluation batches, but at least 128 rows (chosen here, from
+  os.urandom, after the hand-over), every row gets its own random cut point and everything after
+  it is replaced by other real validation text; the logits before each cut must equal the scoring
+  pass's;
 - the graph is a pure function (no mutated buffer, no random op: `trainer.artifact`), so it
   cannot count calls or behave differently the second time it sees a batch.
 
-A graph that peeks at position t for any fraction of positions is caught with a probability that
-grows with every checked row (rows × that fraction cut points are tested); one that peeks at
-every position is caught by the first. The tolerance is exactness up to the float noise measured
+A graph that peeks at the next token at a fraction f of positions is caught with probability
+1 - (1 - f)^N for N checked rows (each row tests one cut); one that peeks everywhere is caught by
+the first row. N is 128 on the CPU defaults (256 rows of 128) and 2,560 on CUDA's (10,240 rows of
+2,048): a peeker that hides in 1% of positions is caught with probability 72% and ~100%, and
+the most it can hide in unseen is about 1/N of the loss. The tolerance is exactness up to the float noise measured
 by running one batch twice, capped at 1e-3 of the logits' scale.
 
 Run as `python -m trainer.scorer REQUEST.json RESULT.json` (forked from a warm scorer server by
@@ -40,7 +43,8 @@ from trainer import artifact
 from trainer.dataset import Dataset
 from trainer.trial_config import EvalPlan
 
-CHECK_FRACTION = 0.25  # of the evaluation batches, each row cut at its own random point
+CHECK_FRACTION = 0.25  # of the evaluation batches, each row cut at its own random point...
+MIN_CHECK_ROWS = 128  # ...but at least this many rows (all of a short evaluation)
 MAX_ARTIFACT_BYTES = 16 << 30
 
 
@@ -75,7 +79,7 @@ def score(artifact_path: str | Path, dataset_dir: str | Path, plan: EvalPlan, de
     token_bytes = torch.from_numpy(data.token_bytes.astype(np.int64)).to(dev)
     n_batches = plan.rows // B
     gen = torch.Generator().manual_seed(rng_seed if rng_seed is not None else int.from_bytes(os.urandom(7), "little"))
-    n_check = min(n_batches, max(1, math.ceil(n_batches * check_fraction)))
+    n_check = min(n_batches, max(math.ceil(n_batches * check_fraction), math.ceil(MIN_CHECK_ROWS / B)))
     checked = set(torch.randperm(n_batches, generator=gen)[:n_check].tolist())
     nats = torch.zeros((), dtype=torch.float64, device=dev)
     nbytes = torch.zeros((), dtype=torch.int64, device=dev)
