@@ -248,3 +248,11 @@ def test_code_hidden_in_a_graph_file_never_runs(dataset, tmp_path):
     _rewrite_graph(path, symbolic)
     r = score(path, dataset.path, plan)
     assert r["outcome"] == "unexportable" and "symbolic" in r["message"] and not pwned.exists()
+
+    # a name is pasted into the forward's source by torch.fx: idx -> "idx=<payload>"
+    artifact.save(artifact.export(Uniform(dataset.vocab_size).eval(), torch.zeros(plan.batch, 64, dtype=torch.long)), path)
+    import json
+
+    _rewrite_graph(path, lambda g: g.update(json.loads(json.dumps(g).replace('"idx"', json.dumps(f"idx={payload}")))))
+    r = score(path, dataset.path, plan)
+    assert r["outcome"] == "unexportable" and "identifier" in r["message"] and not pwned.exists()

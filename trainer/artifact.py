@@ -21,9 +21,9 @@ is the trial's `unexportable` outcome, with the exporter's message, not a crash.
 
 from __future__ import annotations
 
-import io
 import json
 import operator
+import re
 import zipfile
 from pathlib import Path
 
@@ -206,6 +206,45 @@ def _keys(obj, out: set[str]) -> set[str]:
     return out
 
 
+# torch.fx writes node and argument names into Python source it then executes (the module's
+# forward): every name must be a plain identifier (dotted for attribute paths), and no other string
+# in the file may carry the characters code would need.
+_NAME_KEYS = {"name", "parameter_name", "buffer_name", "tensor_constant_name", "custom_obj_name", "fqn",
+              "forward_arg_names", "arg_name", "input_name", "output_name"}
+_NAME = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*)?$")
+_SPEC_KEYS = {"in_spec", "out_spec"}  # pytree specs: JSON text, parsed against a registry of types
+_CODE_CHARS = re.compile(r"[\n\r'\"()\[\]{};=\\@`$#]")
+
+
+def _strip_metadata(obj) -> None:
+    """Drop nodes' metadata (stack traces, module paths): free text that code generation copies."""
+    if isinstance(obj, dict):
+        if isinstance(obj.get("metadata"), dict):
+            obj["metadata"] = {}
+        for v in obj.values():
+            _strip_metadata(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            _strip_metadata(v)
+
+
+def _check_strings(obj, key: str | None) -> None:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not _NAME.match(k):  # field names, and the names keying tensor_values & co.
+                raise Refused(f"the graph file has a key {k[:40]!r}, not an identifier")
+            _check_strings(v, k)
+    elif isinstance(obj, list):
+        for v in obj:
+            _check_strings(v, key)
+    elif isinstance(obj, str):
+        if key in _NAME_KEYS:
+            if not _NAME.match(obj):
+                raise Refused(f"the graph has a {key} {obj[:40]!r}, not an identifier")
+        elif key not in _SPEC_KEYS and _CODE_CHARS.search(obj):
+            raise Refused(f"the graph file's field {key!r} holds {obj[:40]!r}")
+
+
 def check_serialized(graph: dict) -> None:
     """Refuse, from the JSON alone, anything torch's deserializer would turn into code: symbolic
     shape expressions (it parses them with sympy, which evaluates strings) and targets that are
@@ -215,6 +254,8 @@ def check_serialized(graph: dict) -> None:
     if symbolic or graph.get("range_constraints"):
         raise Refused("the graph has symbolic shapes; it must be exported at the evaluation's fixed shape")
     graph["guards_code"] = []
+    _strip_metadata(graph)
+    _check_strings(graph, None)
     for target in sorted(_targets(graph, set())):
         if target == "_operator.getitem":
             continue
