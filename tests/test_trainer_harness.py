@@ -105,6 +105,25 @@ class Sparse(Uniform):
         return super().forward(idx) + peek * mask
 
 
+class WidePeek(Uniform):
+    """Peeks, and adds a huge column past the vocabulary (a tolerance scaled by |logits| would
+    grow with it)."""
+
+    def forward(self, idx):
+        peek = 30.0 * F.one_hot(torch.roll(idx, -1, dims=1), self.vocab).float()
+        return torch.cat([peek, torch.full((*idx.shape, 1), -1e30)], dim=-1)
+
+
+class NextRow(Uniform):
+    """Its last position reads the first token of the next row of the batch (the next text, when
+    rows are consecutive slices)."""
+
+    def forward(self, idx):
+        nxt = 30.0 * F.one_hot(torch.roll(idx[:, 0], -1, dims=0), self.vocab).float()[:, None]
+        base = super().forward(idx)
+        return torch.cat([base[:, :-1], base[:, -1:] + nxt], dim=1)
+
+
 class Counter(Uniform):
     """Counts its calls in a buffer: could behave one way under a check and another in the evaluation."""
 
@@ -122,7 +141,7 @@ class Noisy(Uniform):
         return super().forward(idx) + torch.rand(*idx.shape, self.vocab)
 
 
-@pytest.mark.parametrize("cheat", [Peek, Pooling, Sparse])
+@pytest.mark.parametrize("cheat", [Peek, Pooling, Sparse, WidePeek, NextRow])
 def test_model_that_sees_the_future_is_refused(dataset, tmp_path, cheat):
     r = scored(dataset, tmp_path, cheat(dataset.vocab_size))
     assert r["outcome"] == "cheated" and "val_bpb" not in r and r["check"]["max_change"] > 0

@@ -19,8 +19,11 @@ A graph that peeks at the next token at a fraction f of positions is caught with
 1 - (1 - f)^N for N checked rows (each row tests one cut); one that peeks everywhere is caught by
 the first row. N is 128 on the CPU defaults (256 rows of 128) and 2,560 on CUDA's (10,240 rows of
 2,048): a peeker that hides in 1% of positions is caught with probability 72% and ~100%, and
-the most it can hide in unseen is about 1/N of the loss. The tolerance is exactness up to the float noise measured
-by running one batch twice, capped at 1e-3 of the logits' scale.
+the most it can hide in unseen is about 1/N of the loss. Log-probabilities over the vocabulary are compared (extra logit columns
+are dropped, so they can neither hold information nor widen anything), with an absolute tolerance
+of 1e-4 plus the float noise measured by running one batch twice, capped at 1e-3. The rows are
+scored in a secret order and each checked batch is re-run in another order, with a quarter of its
+rows left whole (compared at every position), so a row cannot read another row of the batch.
 
 Run as `python -m trainer.scorer REQUEST.json RESULT.json` (forked from a warm scorer server by
 `trainer.runner`), or call `score()` directly.
@@ -45,7 +48,12 @@ from trainer.trial_config import EvalPlan
 
 CHECK_FRACTION = 0.25  # of the evaluation batches, each row cut at its own random point...
 MIN_CHECK_ROWS = 128  # ...but at least this many rows (all of a short evaluation)
+WHOLE_ROWS = 0.25  # of the checked rows: not cut, only moved to another place in the batch
 MAX_ARTIFACT_BYTES = 16 << 30
+
+
+class _NonFinite(Exception):
+    pass
 
 
 def _resolve(device: str) -> torch.device:
@@ -70,58 +78,75 @@ def score(artifact_path: str | Path, dataset_dir: str | Path, plan: EvalPlan, de
     except artifact.Refused as e:
         return {"outcome": "unexportable", "message": f"refused: {e}", "eval_seconds": time.time() - t0}
     params = graph.params
+    V = data.vocab_size
     rows = torch.from_numpy(np.asarray(data.val_tokens[: plan.rows * T + 1]).astype(np.int64))
-    x_all = rows[:-1].view(plan.rows, T)
-    y_all = rows[1:].view(plan.rows, T)
+    gen = torch.Generator().manual_seed(rng_seed if rng_seed is not None else int.from_bytes(os.urandom(7), "little"))
+    # Rows in a secret order: a batch's neighbouring rows are not neighbouring text, so a row
+    # cannot read its own continuation from the next row of the batch.
+    order = torch.randperm(plan.rows, generator=gen)
+    x_all = rows[:-1].view(plan.rows, T)[order]
+    y_all = rows[1:].view(plan.rows, T)[order]
     # Other real text for the future after each cut: the eval rows half the slice away (a
     # lone row: itself, rotated by half its length).
     donors = torch.roll(x_all, shifts=plan.rows // 2, dims=0) if plan.rows > 1 else torch.roll(x_all, T // 2, dims=1)
     token_bytes = torch.from_numpy(data.token_bytes.astype(np.int64)).to(dev)
     n_batches = plan.rows // B
-    gen = torch.Generator().manual_seed(rng_seed if rng_seed is not None else int.from_bytes(os.urandom(7), "little"))
     n_check = min(n_batches, max(math.ceil(n_batches * check_fraction), math.ceil(MIN_CHECK_ROWS / B)))
     checked = set(torch.randperm(n_batches, generator=gen)[:n_check].tolist())
     nats = torch.zeros((), dtype=torch.float64, device=dev)
     nbytes = torch.zeros((), dtype=torch.int64, device=dev)
-    worst, scale, noise = 0.0, 0.0, None
+    worst, noise = 0.0, None
     check = {"batches": n_check, "rows": n_check * B}
 
     def run(x):
+        """Log-probabilities over the vocabulary (columns past it are dropped: they can only
+        hold what the scorer ignores, and must not widen anything)."""
         out = model(x.to(dev))
-        if not isinstance(out, torch.Tensor) or out.dim() != 3 or tuple(out.shape[:2]) != (B, T) \
-                or out.size(-1) < data.vocab_size:
+        if not isinstance(out, torch.Tensor) or out.dim() != 3 or tuple(out.shape[:2]) != (B, T) or out.size(-1) < V:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise artifact.Refused(f"model(idx) must return logits of shape ({B}, {T}, >= {data.vocab_size}); got {shape}")
-        return out.float()
+            raise artifact.Refused(f"model(idx) must return logits of shape ({B}, {T}, >= {V}); got {shape}")
+        logp = F.log_softmax(out[..., :V].float(), dim=-1)
+        if not torch.isfinite(logp).all():
+            raise _NonFinite()
+        return logp
 
     try:
         for i in range(n_batches):
             x, y = x_all[i * B:(i + 1) * B], y_all[i * B:(i + 1) * B].to(dev)
-            logits = run(x)
+            logp = run(x)
             if i in checked:
                 if noise is None:  # float noise of this graph on this device: the same batch twice
-                    noise = (run(x) - logits).abs().max().item()
+                    noise = (run(x) - logp).abs().max().item()
                 cuts = torch.randint(1, T, (B,), generator=gen)
+                # A quarter of the rows are kept whole: compared at every position (the last one
+                # too) after the batch's rows are put in another order.
+                cuts[torch.rand(B, generator=gen) < WHOLE_ROWS] = T
                 before = torch.arange(T)[None, :] < cuts[:, None]
                 spliced = torch.where(before, x, donors[i * B:(i + 1) * B])
-                diff = (run(spliced) - logits).abs().amax(-1).cpu()
+                # ...and in another order: a row whose logits read another row of the batch changes
+                perm = torch.randperm(B, generator=gen)
+                again = run(spliced[perm])[torch.argsort(perm).to(dev)]
+                diff = (again - logp).abs().amax(-1).cpu()
                 worst = max(worst, float(diff[before].max()))
-                scale = max(scale, float(logits.abs().amax(-1).cpu()[before].max()))
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
+            loss = -logp.gather(-1, y[..., None]).squeeze(-1).reshape(-1)
             b = token_bytes[y.reshape(-1)]
             nats += (loss * (b > 0)).sum(dtype=torch.float64)
             nbytes += b.sum()
+    except _NonFinite:
+        return {"outcome": "nan", "params": params, "eval_seconds": time.time() - t0,
+                "message": "the model's logits are not finite (nan or inf) on validation text"}
     except artifact.Refused as e:
         return {"outcome": "unexportable", "params": params, "message": f"refused: {e}", "eval_seconds": time.time() - t0}
     except Exception as e:  # the graph fails at run time (a shape guard, an op on the wrong device)
         return {"outcome": "unexportable", "params": params, "eval_seconds": time.time() - t0,
                 "message": f"the exported model fails when called: {type(e).__name__}: {str(e)[:300]}"}
-    tol = 1e-5 * (1 + scale) + min(4 * (noise or 0.0), 1e-3 * (1 + scale))
+    # Log-probabilities, compared absolutely: a graph cannot widen the tolerance with large logits.
+    tol = 1e-4 + min(4 * (noise or 0.0), 1e-3)
     check.update(max_change=worst, tolerance=tol, noise=noise or 0.0)
     if not worst <= tol:
         return {"outcome": "cheated", "params": params, "eval_seconds": time.time() - t0, "check": check,
-                "message": f"causality check failed: other text after a cut changed earlier logits by {worst:.3g} "
-                           f"(tolerance {tol:.2g}; {n_check * B} rows checked)"}
+                "message": f"causality check failed: other text after a cut changed earlier log-probabilities by "
+                           f"{worst:.3g} (tolerance {tol:.2g}; {n_check * B} rows checked)"}
     val_bpb = (nats / (math.log(2) * nbytes)).item()
     if not math.isfinite(val_bpb):
         return {"outcome": "nan", "params": params, "message": f"val_bpb is {val_bpb}", "eval_seconds": time.time() - t0}
