@@ -22,6 +22,7 @@ is the trial's `unexportable` outcome, with the exporter's message, not a crash.
 from __future__ import annotations
 
 import json
+import math
 import operator
 import re
 import zipfile
@@ -34,7 +35,10 @@ FORMAT = "evo-graph-1"
 MAX_GRAPH_BYTES = 64 << 20  # the JSON of a 100-layer model is a few MB
 # ATen ops that reach outside the graph's inputs or are not functions of them.
 FORBIDDEN_OPS = {"from_file", "save", "_print", "set_"}
-RANDOM_WORDS = ("rand", "bernoulli", "normal", "multinomial", "poisson", "exponential", "uniform",
+# Ops whose output is not a function of their inputs: uninitialised memory (a graph could keep
+# state in it between calls), unchecked indexing, and random draws.
+UNINITIALISED = ("empty", "new_empty", "empty_like", "empty_strided", "empty_permuted", "_unsafe_")
+RANDOM_WORDS = ("rand", "rrelu", "_standard_gamma", "_sample_dirichlet", "binomial", "bernoulli", "normal", "multinomial", "poisson", "exponential", "uniform",
                 "cauchy", "geometric", "log_normal", "random")
 _DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
                                torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64)}
@@ -128,7 +132,10 @@ def load(path: Path, example: torch.Tensor, *, max_bytes: int) -> Graph:
                 if dtype is None:
                     raise Refused(f"tensor {m['name']!r} has unsupported dtype {m['dtype']}")
                 raw = torch.from_numpy(np.array(npz[key], dtype=np.uint8, copy=True))
-                t = raw.view(dtype).reshape(m["shape"]) if raw.numel() else torch.zeros(m["shape"], dtype=dtype)
+                shape = [int(d) for d in m["shape"]]
+                if any(d < 0 for d in shape) or raw.numel() != math.prod(shape) * dtype.itemsize:
+                    raise Refused(f"tensor {m['name']!r} holds {raw.numel()} bytes, not its declared shape {shape}")
+                t = raw.view(dtype).reshape(shape)
                 if m["kind"] == "state":
                     state[m["name"]] = torch.nn.Parameter(t, requires_grad=False) if m["parameter"] else t
                 else:
@@ -190,6 +197,8 @@ def _op_problem(name: str) -> str | None:
     base = name.split(".")[0]
     if base in FORBIDDEN_OPS or base.rstrip("_") in FORBIDDEN_OPS:
         return f"operator aten.{name} reaches outside the model"
+    if base.startswith(UNINITIALISED):
+        return f"operator aten.{name} reads uninitialised or unchecked memory (use zeros, full or index)"
     if any(w in base for w in RANDOM_WORDS):
         return f"operator aten.{name} draws random numbers (eval mode must be deterministic)"
     return None
@@ -315,7 +324,8 @@ def _arg(node, op, *names, default=None):
 
 
 def parameter_count(ep: "torch.export.ExportedProgram") -> int:
-    """Parameters of the handed-over model, counted by the scorer (the trainer's count is its word)."""
-    names = set(ep.graph_signature.parameters)
-    return int(sum(t.numel() for n, t in ep.state_dict.items() if n in names))
+    """Numbers the handed-over model holds, counted by the scorer (the trainer's count is its word):
+    every floating-point parameter, buffer and constant, so weights kept as buffers count too."""
+    tensors = [*ep.state_dict.values(), *ep.constants.values()]
+    return int(sum(t.numel() for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()))
 

@@ -125,6 +125,13 @@ def score_limit(plan: EvalPlan, cuda: bool) -> float:
 # ------------------------------------------------------------------------ servers and their slots
 
 
+def _private_env(slot: Path) -> dict[str, str]:
+    """Inside a sandbox everything is read-only but the slot: caches and home go there, per trial
+    (a compiler cache shared between trials would be a channel from one variant to the next)."""
+    return {"HOME": str(slot), "TMPDIR": "/tmp", "TORCHINDUCTOR_CACHE_DIR": str(slot / ".cache" / "inductor"),
+            "TRITON_CACHE_DIR": str(slot / ".cache" / "triton")}
+
+
 class _Server:
     """A fork server in a private directory: for the trainer role, the directory its trials run in
     (the only host path they can write); for the scorer role, where requests and results live."""
@@ -134,7 +141,8 @@ class _Server:
         argv = forkserver.server_argv(role, exclusive=exclusive, own_pid_namespace=box.enabled, gpu=gpu)
         command = box.command(argv, role=role, data_dir=data_dir, writable=self.dir, gpu=gpu)
         self.sandboxed = box.enabled
-        self.fork = forkserver.ForkServer(command, scrubbed_env(), cwd=self.dir)
+        env = scrubbed_env(_private_env(self.dir) if box.enabled else None)
+        self.fork = forkserver.ForkServer(command, env, cwd=self.dir)
 
     @property
     def alive(self) -> bool:
@@ -273,6 +281,12 @@ def _collect(slot: Path, work: Path) -> None:
             shutil.move(entry.path, str(work / entry.name))
 
 
+# What a trainer may say about itself (shown, and used as behaviour descriptors; the score, the
+# parameter count and the hand-over time are measured elsewhere). Anything else it writes is dropped.
+_REPORTED = {"outcome", "message", "training_seconds", "startup_seconds", "compile_seconds", "steps", "tokens",
+             "tokens_per_second", "mfu", "peak_memory_mb", "export_seconds"}
+
+
 def _read_report(path: Path) -> dict | None:
     text = _tail(path, 1 << 20)
     try:
@@ -302,9 +316,8 @@ def _train(text: str, cfg: TrialConfig, box: Sandbox, gpu: bool, env: dict[str, 
                                          "report_path": str(slot / REPORT_NAME), "launch_time": time.time()})
                 (slot / "config.json").write_text(json.dumps(asdict(run_cfg)))
                 trial_env = scrubbed_env({CONFIG_ENV: str(slot / "config.json"), **env})
-                if server.sandboxed:  # everything the trial writes stays in its own slot, per trial
-                    trial_env.update(HOME=str(slot), TMPDIR="/tmp", TORCHINDUCTOR_CACHE_DIR=str(slot / ".cache" / "inductor"),
-                                     TRITON_CACHE_DIR=str(slot / ".cache" / "triton"))
+                if server.sandboxed:
+                    trial_env.update(_private_env(slot))
                 proc = server.fork.launch([str(slot / "train.py")], slot, trial_env, slot / "stdout.log",
                                           slot / "stderr.log", cancel)
             except forkserver.ForkServerError:
@@ -417,7 +430,7 @@ def run_trial(
         if proc is None or cancelled:
             return _with(base, outcome=CANCELLED, message="cancelled", total_seconds=time.time() - t0)
         stderr = _tail(work / "stderr.log")
-        report = _read_report(work / REPORT_NAME) or {}
+        report = {k: v for k, v in (_read_report(work / REPORT_NAME) or {}).items() if k in _REPORTED}
         handover = proc.ended_at - proc.started_at
         out = _with(TrialResult.from_dict({**base.to_dict(), **report}), exit_code=proc.returncode,
                     stderr_tail=stderr, handover_seconds=handover, sandboxed=sandboxed, val_bpb=None, mfu=report.get("mfu"))

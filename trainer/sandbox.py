@@ -132,7 +132,11 @@ def layout(*, role: str, data_dir: Path, writable: Path | None, readable: tuple[
     (test data and trial directories often live under /tmp)."""
     # --die-with-parent: when the coordinator's thread that started it goes (or the runner kills
     # it), the whole namespace goes with it.
-    args = ["--unshare-all", "--die-with-parent", "--cap-drop", "ALL", "--new-session", "--hostname", "evo-trial",
+    # --as-pid-1: the server itself is the namespace's init. Nothing else holds the pipes to the
+    # coordinator (bwrap's own init would, dumpable, readable through /proc/1/fd), and a trial
+    # cannot kill it (init ignores signals from its own namespace).
+    args = ["--unshare-all", "--die-with-parent", "--as-pid-1", "--cap-drop", "ALL", "--new-session",
+            "--hostname", "evo-trial",
             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm", "--tmpfs", "/var/tmp"]
     for d in _SYSTEM_DIRS:
         if os.path.isdir(d):
@@ -162,4 +166,6 @@ def layout(*, role: str, data_dir: Path, writable: Path | None, readable: tuple[
     if writable is not None:
         w = str(Path(writable).resolve())
         args += ["--bind", w, w, "--chdir", w]
-    return args
+    # The root and /dev are bwrap's own tmpfs (where it made the mount points): read-only, or a
+    # trial could leave files there (/dev/.w, /work/x.py on PYTHONPATH) for the next one.
+    return args + ["--remount-ro", "/dev", "--remount-ro", "/"]
