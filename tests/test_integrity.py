@@ -181,3 +181,23 @@ def test_evo_run_with_an_llm_that_writes_hostile_variants_keeps_them_out_of_the_
     assert network == [], network
     assert tampered == [], tampered
     assert survivors == [], survivors
+
+
+def test_the_default_corpus_validation_files_are_hidden_from_a_trial(tmp_path, requires_sandbox):
+    """The stdlib corpus's validation documents are files of the Python installation every trial
+    imports from: outside a sandbox a variant reads them (the attack is real); inside, they are not
+    there, and the same variant trains an honest model."""
+    from trainer.prepare import prepare
+
+    ds = prepare("stdlib", data_dir=tmp_path / "data", vocab_size=512)
+    source = (VARIANTS / "hostile" / "val_sources.py").read_text()
+    runs = {}
+    for mode in ("off", "strict"):
+        work = tmp_path / mode
+        r = run_trial(source, dataset_dir=ds.path, budget=BUDGET, seed=0, device="cpu", sandbox=mode, workdir=work,
+                      **FAST)
+        runs[mode] = (r, (work / "stdout.log").read_text())
+    assert "EVO-ATTACK-SUCCEEDED: read" in runs["off"][1]
+    r, stdout = runs["strict"]
+    assert "EVO-ATTACK-SUCCEEDED" not in stdout, stdout[-2000:]
+    assert r.ok and r.val_bpb >= honest_floor(ds, FAST["eval_tokens"], FAST["eval_seq_len"])

@@ -135,7 +135,7 @@ def load(path: Path, example: torch.Tensor, *, max_bytes: int) -> Graph:
                 shape = [int(d) for d in m["shape"]]
                 if any(d < 0 for d in shape) or raw.numel() != math.prod(shape) * dtype.itemsize:
                     raise Refused(f"tensor {m['name']!r} holds {raw.numel()} bytes, not its declared shape {shape}")
-                t = raw.view(dtype).reshape(shape)
+                t = raw.view(dtype).reshape(shape) if raw.numel() else torch.zeros(shape, dtype=dtype)
                 if m["kind"] == "state":
                     state[m["name"]] = torch.nn.Parameter(t, requires_grad=False) if m["parameter"] else t
                 else:

@@ -32,6 +32,7 @@ class Document:
     name: str  # stable identifier: relative path, "file.jsonl:12", "shard_00001.parquet:7"
     text: str
     split: str  # "train" or "val"
+    path: str | None = None  # the file it was read from: the sandbox hides a val document's file
 
 
 def split_of(name: str, val_fraction: float) -> str:
@@ -59,13 +60,23 @@ def stdlib_files(root: Path | None = None) -> list[Path]:
     return sorted(out, key=lambda p: p.relative_to(root).as_posix())
 
 
+# The stdlib corpus's validation text: packages that training code never imports. The interpreter
+# a trial runs needs the rest of its standard library on disk, readable, so validation text drawn
+# from it (os.py, collections/) would be there for a variant to read; these files the sandbox
+# hides instead (`trainer.sandbox`: they are listed in the manifest's val_sources).
+STDLIB_VAL = ("turtledemo", "tkinter", "wsgiref", "xmlrpc", "curses", "dbm", "pydoc_data", "ensurepip", "turtle.py")
+
+
 def stdlib_documents(val_fraction: float = 0.05) -> Iterator[Document]:
+    """The standard library's source; validation = the `STDLIB_VAL` packages (`val_fraction` is
+    not used: the split is by package, the same on every machine with the same Python)."""
     root = stdlib_root()
     for path in stdlib_files(root):
         name = path.relative_to(root).as_posix()
         text = path.read_text(encoding="utf-8", errors="replace")
         if text.strip():
-            yield Document(name, text, split_of(name, val_fraction))
+            split = "val" if name.split("/")[0] in STDLIB_VAL else "train"
+            yield Document(name, text, split, str(path))
 
 
 # --- local files ----------------------------------------------------------------------------
@@ -110,7 +121,7 @@ def file_documents(paths: list[str], val_fraction: float = 0.05, text_field: str
                 else:
                     continue  # a binary file inside a directory: not text, skip it
             if text.strip():
-                yield Document(fname, text, split_of(fname, val_fraction))
+                yield Document(fname, text, split_of(fname, val_fraction), str(path.resolve()))
 
 
 def _jsonl_texts(path: Path, text_field: str) -> Iterator[tuple[int, str]]:

@@ -185,6 +185,7 @@ def prepare(
             "n_train_tokens": counts["train"],
             "n_val_tokens": counts["val"],
             "val_fraction": val_fraction,
+            "val_sources": sorted({d.path for d in val_docs if d.path}),  # hidden from trials (trainer.sandbox)
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         manifest["hash"] = manifest_hash(manifest)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -126,6 +127,25 @@ def _python_dirs() -> list[Path]:
     return list(seen.values())
 
 
+def _hide_val_sources(data_dir: Path, shown: list[str]) -> list[str]:
+    """The files the validation documents were read from, where the trial could otherwise see them
+    (the stdlib corpus's are in the Python installation), and their compiled caches: each shows
+    as an empty file."""
+    try:
+        sources = json.loads((data_dir / "manifest.json").read_text()).get("val_sources") or []
+    except (OSError, ValueError):
+        return []
+    args: list[str] = []
+    for src in sources:
+        p = Path(src)
+        if not p.is_file() or not any(str(p).startswith(d.rstrip("/") + "/") for d in shown):
+            continue
+        caches = glob.glob(str(p.parent / "__pycache__" / f"{p.stem}.*.pyc"))
+        for f in (str(p), *caches):
+            args += ["--ro-bind", "/dev/null", f]
+    return args
+
+
 def layout(*, role: str, data_dir: Path, writable: Path | None, readable: tuple[Path, ...] = (),
            gpu: bool = False) -> list[str]:
     """bwrap's arguments. Order matters: the private /tmp comes before anything bound inside it
@@ -156,6 +176,7 @@ def layout(*, role: str, data_dir: Path, writable: Path | None, readable: tuple[
         for name in TRAIN_FILES:
             if (data_dir / name).exists():
                 args += ["--ro-bind", str(data_dir / name), str(data_dir / name)]
+        args += _hide_val_sources(data_dir, [*_SYSTEM_DIRS, *map(str, _python_dirs())])
     else:
         raise ValueError(f"unknown sandbox role {role!r}")
     for p in readable:
