@@ -189,6 +189,22 @@ def _sweep() -> None:
     for d in PRIVATE_DIRS:
         with contextlib.suppress(OSError):
             _wipe(d, os.lstat(d).st_dev)
+    _remove_sysv_ipc()
+
+
+def _remove_sysv_ipc() -> None:
+    """SysV shared memory, semaphores and message queues outlive the processes that made them
+    (the sandbox's IPC namespace is the server's, shared by its trials one after another)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for kind, remove in (("shm", lambda i: libc.shmctl(i, 0, None)), ("sem", lambda i: libc.semctl(i, 0, 0)),
+                         ("msg", lambda i: libc.msgctl(i, 0, None))):  # 0 = IPC_RMID
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/sysvipc/{kind}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 1:
+                    remove(int(fields[1]))
 
 
 def _wipe(path: str, dev: int) -> None:
