@@ -46,9 +46,9 @@ sys.path.insert(0, str(REPO))
 
 from tests.support.hostile import (CLASSES, Canaries, copy_dataset, header, hostile_variants,  # noqa: E402
                                    options, verdict)
-from trainer.dataset import DatasetError  # noqa: E402
-from trainer.prepare import find_dataset, prepare  # noqa: E402
 from trainer.runner import run_trial  # noqa: E402
+
+from bench_trial import dataset_for  # noqa: E402  (scripts/ is on sys.path when run)
 
 
 def parse_args(argv=None):
@@ -71,17 +71,6 @@ def parse_args(argv=None):
     if args.budget <= 0:
         p.error("--budget must be greater than 0")
     return args
-
-
-def dataset_for(data_dir: Path | None):
-    try:
-        return find_dataset(data_dir)
-    except DatasetError as e:
-        print(f"# {e}; preparing the stdlib corpus first", flush=True)
-        t0 = time.time()
-        ds = prepare("stdlib", data_dir=data_dir)
-        print(f"# prepared {ds.path} in {time.time() - t0:.1f}s", flush=True)
-        return ds
 
 
 def sandbox_kwargs(sandbox: str) -> dict:
