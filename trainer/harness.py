@@ -112,6 +112,7 @@ class Harness:
         self._first_batch: float | None = None
         self._warm_at: float | None = None
         self._last = 0.0
+        self._last_step_seconds = 0.0
         self.steps = 0
         self.tokens = 0
         self.training_seconds = 0.0
@@ -161,8 +162,8 @@ class Harness:
     def done(self) -> bool:
         if self.cfg.max_steps is not None and self.steps >= self.cfg.max_steps:
             return True
-        if self.cfg.max_steps is None and time.time() >= self._wall_stop:
-            return True  # slow start-up or compile: stop in time to hand over within the runner's bound
+        if self.cfg.max_steps is None and time.time() + self._last_step_seconds >= self._wall_stop:
+            return True  # slow start-up, compile or steps: stop in time to hand over within the runner's bound
         return self.training_seconds >= self.budget
 
     @property
@@ -185,6 +186,8 @@ class Harness:
             self._timed_tokens += tokens
         elif self.steps == self.warmup_steps:
             self._warm_at = now
+        if self.steps > 1:
+            self._last_step_seconds = now - self._last  # the next one will likely take as long
         self._last = now
         if loss is not None:
             value = float(loss.detach().float().item() if torch.is_tensor(loss) else loss)
