@@ -21,6 +21,7 @@ is the trial's `unexportable` outcome, with the exporter's message, not a crash.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import operator
@@ -166,30 +167,12 @@ def load(path: Path, example: torch.Tensor, *, max_bytes: int) -> Graph:
         # In-place ops: make the graph functional (here, in trusted code), so that a write to a
         # buffer or an input shows up as a mutation and is refused; a write to a temporary is fine.
         try:
-            with torch.autocast(example.device.type, dtype=autocast) if autocast else _nullcontext():
+            with torch.autocast(example.device.type, dtype=autocast) if autocast else contextlib.nullcontext():
                 ep = ep.run_decompositions({})
         except Exception as e:
             raise Refused(f"the graph cannot be made functional: {type(e).__name__}: {str(e)[:200]}") from e
     check_program(ep, example)
     return Graph(ep, autocast)
-
-
-def _nullcontext():
-    import contextlib
-
-    return contextlib.nullcontext()
-
-
-def _targets(obj, out: set[str]) -> set[str]:
-    if isinstance(obj, dict):
-        if isinstance(obj.get("target"), str):
-            out.add(obj["target"])
-        for v in obj.values():
-            _targets(v, out)
-    elif isinstance(obj, list):
-        for v in obj:
-            _targets(v, out)
-    return out
 
 
 def _op_problem(name: str) -> str | None:
@@ -204,17 +187,6 @@ def _op_problem(name: str) -> str | None:
     return None
 
 
-def _keys(obj, out: set[str]) -> set[str]:
-    if isinstance(obj, dict):
-        out.update(obj)
-        for v in obj.values():
-            _keys(v, out)
-    elif isinstance(obj, list):
-        for v in obj:
-            _keys(v, out)
-    return out
-
-
 # torch.fx writes node and argument names into Python source it then executes (the module's
 # forward): every name must be a plain identifier (dotted for attribute paths), and no other string
 # in the file may carry the characters code would need.
@@ -225,33 +197,32 @@ _SPEC_KEYS = {"in_spec", "out_spec"}  # pytree specs: JSON text, parsed against 
 _CODE_CHARS = re.compile(r"[\n\r'\"()\[\]{};=\\@`$#]")
 
 
-def _strip_metadata(obj) -> None:
-    """Drop nodes' metadata (stack traces, module paths): free text that code generation copies."""
+def _entries(obj, key: str | None = None):
+    """Every (dict, key, value) of a JSON tree, depth first; a list's items carry the key of the
+    field that holds the list."""
     if isinstance(obj, dict):
-        if isinstance(obj.get("metadata"), dict):
-            obj["metadata"] = {}
-        for v in obj.values():
-            _strip_metadata(v)
+        for k, v in list(obj.items()):
+            yield obj, k, v
+            yield from _entries(v, k)
     elif isinstance(obj, list):
         for v in obj:
-            _strip_metadata(v)
+            if not isinstance(v, (dict, list)):
+                yield None, key, v
+            yield from _entries(v, key)
 
 
-def _check_strings(obj, key: str | None) -> None:
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if not _NAME.match(k):  # field names, and the names keying tensor_values & co.
-                raise Refused(f"the graph file has a key {k[:40]!r}, not an identifier")
-            _check_strings(v, k)
-    elif isinstance(obj, list):
-        for v in obj:
-            _check_strings(v, key)
-    elif isinstance(obj, str):
+def _check_strings(graph: dict) -> None:
+    """Field names and names must be identifiers; no other string may carry code characters."""
+    for holder, key, value in _entries(graph):
+        if holder is not None and not _NAME.match(key):  # field names, and the names keying tensor_values
+            raise Refused(f"the graph file has a key {key[:40]!r}, not an identifier")
+        if not isinstance(value, str):
+            continue
         if key in _NAME_KEYS:
-            if not _NAME.match(obj):
-                raise Refused(f"the graph has a {key} {obj[:40]!r}, not an identifier")
-        elif key not in _SPEC_KEYS and _CODE_CHARS.search(obj):
-            raise Refused(f"the graph file's field {key!r} holds {obj[:40]!r}")
+            if not _NAME.match(value):
+                raise Refused(f"the graph has a {key} {value[:40]!r}, not an identifier")
+        elif key not in _SPEC_KEYS and _CODE_CHARS.search(value):
+            raise Refused(f"the graph file's field {key!r} holds {value[:40]!r}")
 
 
 def check_serialized(graph: dict) -> None:
@@ -259,13 +230,15 @@ def check_serialized(graph: dict) -> None:
     shape expressions (it parses them with sympy, which evaluates strings) and targets that are
     not ATen ops or getitem. Guard code (Python source the deserializer compiles into the module)
     is dropped: the scorer calls the graph at the one shape it checks itself."""
-    symbolic = _keys(graph, set()) & {"as_expr", "expr_str"}
+    symbolic = {key for _, key, _ in _entries(graph)} & {"as_expr", "expr_str"}
     if symbolic or graph.get("range_constraints"):
         raise Refused("the graph has symbolic shapes; it must be exported at the evaluation's fixed shape")
     graph["guards_code"] = []
-    _strip_metadata(graph)
-    _check_strings(graph, None)
-    for target in sorted(_targets(graph, set())):
+    for holder, key, value in list(_entries(graph)):
+        if key == "metadata" and isinstance(value, dict):  # stack traces, module paths: free text
+            holder[key] = {}
+    _check_strings(graph)
+    for target in sorted({v for _, k, v in _entries(graph) if k == "target" and isinstance(v, str)}):
         if target == "_operator.getitem":
             continue
         if not target.startswith("torch.ops.aten."):

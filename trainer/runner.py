@@ -18,6 +18,7 @@ server per trial, so CUDA is never initialised before a fork.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -212,14 +213,10 @@ class _Pool:
 _POOL = _Pool()
 
 
+@atexit.register
 def close_servers() -> None:
-    """Stop every warm server (the engine calls this when a run ends; exit does it too)."""
+    """Stop every warm server (at exit, and in tests that want servers of their own)."""
     _POOL.close()
-
-
-import atexit  # noqa: E402
-
-atexit.register(close_servers)
 
 
 # ---------------------------------------------------------------------------------- one trial
