@@ -1,8 +1,8 @@
 """The `evo` command.
 
 Every user-caused error (bad path, unknown run, empty corpus, ...) is raised somewhere below as
-one of `USER_ERRORS` with a one-line message; `EvoGroup` turns it into `Error: ...` and exit
-status 1, so nobody sees a traceback for a typo.
+one of the exceptions `_user_errors()` names, with a one-line message; `EvoGroup` turns it into
+`Error: ...` and exit status 1, so nobody sees a traceback for a typo.
 """
 
 from __future__ import annotations
@@ -11,17 +11,20 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 
-from trainer.corpus import CorpusError
-from trainer.dataset import DatasetError
+from evo.browse.commands import BROWSE_COMMANDS
+from evo.datasets import resolve_dataset
+from evo.defaults import CPU_BUDGET, GPU_BUDGET
+from evo.options import DEVICE_HELP, console, data_dir_option, positive, sandbox_choice
+from evo.run_command import run
+from trainer.corpus import TEXT_FIELD, VAL_FRACTION, CorpusError
+from trainer.dataset import CPU_VOCAB, GPU_VOCAB, DatasetError
 from trainer.download import DownloadError
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from population.store import ArchiveError
-
     from evo.errors import EvoError
+    from population.store import ArchiveError
 
     return (CorpusError, DatasetError, DownloadError, ArchiveError, EvoError)
 
@@ -30,22 +33,10 @@ class EvoGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # click's own (--help, a bad flag): nothing to translate, nor to import the archive for
         except _user_errors() as e:
             raise click.ClickException(str(e)) from None
-
-
-console = Console(stderr=True)
-
-
-def _data_dir_option(f):
-    return click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="EVO_DATA_DIR",
-                        help="Where prepared data lives [env EVO_DATA_DIR; default ~/.cache/evo/data].")(f)
-
-
-def _positive(ctx, param, value):
-    if value is not None and value <= 0:
-        raise click.BadParameter(f"must be greater than 0, got {value}")
-    return value
 
 
 @click.group(cls=EvoGroup)
@@ -57,11 +48,14 @@ def main():
 @main.command()
 @click.argument("source", default="stdlib")
 @click.argument("paths", nargs=-1)
-@_data_dir_option
-@click.option("--vocab-size", type=int, default=None, help="BPE vocabulary incl. BOS [default: 2048 on CPU, 8192 on GPU].")
+@data_dir_option
+@click.option("--vocab-size", type=int, default=None,
+              help=f"BPE vocabulary incl. BOS [default: {CPU_VOCAB} on CPU, {GPU_VOCAB} on GPU].")
 @click.option("--shards", type=int, default=None, help="climbmix: number of training shards to download.")
-@click.option("--val-fraction", type=float, default=0.05, show_default=True, help="Share of documents held out.")
-@click.option("--text-field", default="text", show_default=True, help="Field/column holding text in .jsonl/.parquet.")
+@click.option("--val-fraction", type=float, default=VAL_FRACTION, show_default=True,
+              help="Share of documents held out.")
+@click.option("--text-field", default=TEXT_FIELD, show_default=True,
+              help="Field/column holding text in .jsonl/.parquet.")
 @click.option("--force", is_flag=True, help="Rebuild even if cached.")
 def prepare(source, paths, data_dir, vocab_size, shards, val_fraction, text_field, force):
     """Tokenize a corpus once into token files: SOURCE is stdlib (default), files PATH..., or climbmix."""
@@ -72,32 +66,16 @@ def prepare(source, paths, data_dir, vocab_size, shards, val_fraction, text_fiel
     click.echo(ds.path)
 
 
-def resolve_dataset(data_dir: Path | None, prepare_if_missing: bool):
-    """The dataset to train on: `data_dir` itself if it is a prepared dataset, else the default
-    one inside it; prepares the embedded stdlib corpus first if asked to."""
-    from trainer.dataset import Dataset
-    from trainer.prepare import find_dataset, prepare as run_prepare
-
-    if data_dir is not None and (data_dir / "manifest.json").exists():
-        return Dataset(data_dir)
-    try:
-        return find_dataset(data_dir)
-    except DatasetError:
-        if not prepare_if_missing:
-            raise
-        console.print("[yellow]No prepared data yet: preparing the default corpus (Python stdlib) first.[/]")
-        return run_prepare("stdlib", data_dir=data_dir, console=console)
-
-
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--budget", type=float, default=None, callback=_positive, help="Training seconds [default: 10 on CPU, 300 on GPU].")
+@click.option("--budget", type=float, default=None, callback=positive,
+              help=f"Training seconds [default: {CPU_BUDGET:g} on CPU, {GPU_BUDGET:g} on GPU].")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@_data_dir_option
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@data_dir_option
 @click.option("--keep-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run in this directory and keep its logs (default: a temporary one).")
-@click.option("--sandbox", type=click.Choice(["auto", "strict", "off"]), default="auto", show_default=True,
+@click.option("--sandbox", type=sandbox_choice(), default="auto", show_default=True,
               help="OS sandbox around the trial (strict: refuse to run without it).")
 def trial(path, budget, seed, device, data_dir, keep_dir, sandbox):
     """Train one train.py for a fixed time budget and print its val_bpb (scored outside the trial)."""
@@ -131,13 +109,9 @@ def trial(path, budget, seed, device, data_dir, keep_dir, sandbox):
         sys.exit(2)
 
 
-from evo.run_command import add_run_command  # noqa: E402  (the command needs _data_dir_option)
-
-add_run_command(main, _data_dir_option)
-
-from evo.browse.commands import add_browse_commands  # noqa: E402  (after the group exists)
-
-add_browse_commands(main)
+main.add_command(run)
+for command in BROWSE_COMMANDS:
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()

@@ -10,18 +10,17 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from evo.defaults import CHAMPION_SEEDS, CPU_BUDGET, NOISE_SEEDS, POPULATION, TOP
 from evo.errors import EvoError
 
 # Trial measurements that can serve as behaviour descriptors (positive, so log scales work).
 DESCRIPTORS = ("params", "tokens", "steps", "peak_memory_mb", "tokens_per_second", "training_seconds")
-CPU_BUDGET = 6.0  # seconds: the README's main job (~43 trials of ~13 s) fits ~10 minutes on 2 cores
-GPU_BUDGET = 300.0  # autoresearch's
 
 
 @dataclass
 class RunConfig:
-    population: int = 16
-    budget: float = CPU_BUDGET
+    population: int = POPULATION
+    budget: float = CPU_BUDGET  # evo run: GPU_BUDGET on CUDA unless set
     generations: int | None = None  # stop after this many generations of `population` children
     trials: int | None = None  # stop after this many finished trials
     hours: float | None = None  # stop dispatching after this long
@@ -29,8 +28,8 @@ class RunConfig:
     device: str = "auto"
     device_kind: str = "cpu"  # "cuda" or "cpu": which branch of `A if CUDA else B` the operators edit
     workers: int | None = None
-    noise_seeds: int = 3  # replicate trials of the seed program that measure the noise
-    champion_seeds: int = 3  # trials a champion must have before it is reported as one
+    noise_seeds: int = NOISE_SEEDS  # replicate trials of the seed program that measure the noise
+    champion_seeds: int = CHAMPION_SEEDS  # trials a champion must have before it is reported as one
     crossover_rate: float = 0.25
     tournament_size: int = 3
     uniform_share: float = 0.3
@@ -43,10 +42,10 @@ class RunConfig:
     max_llm_dollars: float | None = None
     llm_concurrency: int | None = None
     llm_temperature: float | None = None  # sent only when set
-    llm_timeout: float | None = None  # seconds per API request [the operator's default, 300]
-    llm_max_retries: int | None = None  # SDK retries of 429/529/timeouts/5xx [the operator's default, 4]
+    llm_timeout: float | None = None  # seconds per API request [the operator's default, LLM_TIMEOUT]
+    llm_max_retries: int | None = None  # SDK retries of 429/529/timeouts/5xx [the operator's default, LLM_MAX_RETRIES]
     seed_from: str | None = None
-    top: int = 8
+    top: int = TOP
     sandbox: str = "auto"  # auto | strict | off: the OS sandbox around each trial (trainer.sandbox)
 
     def to_dict(self) -> dict:
@@ -56,6 +55,18 @@ class RunConfig:
     def from_dict(cls, d: dict) -> "RunConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+    def proposal_threads(self, workers: int) -> int:
+        """How many proposals may be in flight at once: enough LLM calls that a freed worker
+        finds a child ready (two per worker, plus two), one for the instant offline operator."""
+        if self.llm_concurrency:
+            return self.llm_concurrency
+        return 2 * workers + 2 if self.operator == "llm" else 1
+
+    def llm_failure_limit(self, workers: int) -> int:
+        """API failures in a row that stop the LLM operator: a revoked key fails every proposal
+        in flight at once, so the limit grows with how many can be (at least 8)."""
+        return max(8, 2 * self.proposal_threads(workers))
 
     def harness_options(self) -> dict:
         """What every trial of the run is given besides its source and seed."""

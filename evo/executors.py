@@ -2,7 +2,7 @@
 
 A worker is a thread that launches `trainer.runner.run_trial` (a subprocess) on its own device
 slot, so the coordinator process never touches CUDA and a crashing variant takes nothing down.
-Several machines would use a Ray executor with the same `submit`; it is not built yet.
+Several machines would use a Ray executor behind the same `Executor` protocol; it is not built yet.
 """
 
 from __future__ import annotations
@@ -12,8 +12,24 @@ import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from trainer.runner import TrialResult, run_trial
+
+
+class Executor(Protocol):
+    """Where the engine's trials run: at most `size` at once, each a future of
+    (where it ran, TrialResult). `shutdown(cancel=True)` stops the trials in flight (their
+    results come back `cancelled`, which the engine drops so a resume runs them again)."""
+
+    @property
+    def size(self) -> int: ...
+
+    def describe(self) -> str: ...
+
+    def submit(self, source: str, *, seed: int, **options) -> Future[tuple[str, TrialResult]]: ...
+
+    def shutdown(self, cancel: bool = False) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,9 @@ class LocalExecutor:
     @property
     def size(self) -> int:
         return len(self.slots)
+
+    def describe(self) -> str:
+        return f"{self.size} worker(s) on {self.slots[0].name}"
 
     def submit(self, source: str, *, seed: int, **options) -> Future:
         """Future of (slot name, TrialResult)."""

@@ -1,15 +1,53 @@
-"""How `evo run` shows a run to the person watching: a log line per trial and per generation,
-and a live status line under them (rich)."""
+"""What a run tells the person watching it: the `Reporter` the engine calls, the `RunStatus`
+value it hands over, and `ConsoleReporter`, which `evo run` shows with rich (a log line per
+trial and per generation, and a live status line under them). Tests collect the same calls.
+
+The reporter is given values, never the engine, so that what it shows cannot reach into the
+loop's state (and the loop can change without the reporters noticing).
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from evo.engine import Reporter
+from population.records import Individual
+from trainer.runner import TrialResult
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """The live state of a run, as the status line shows it."""
+
+    run_name: str
+    finished_trials: int
+    failed_trials: int
+    in_flight: int
+    proposing: int
+    best: Individual | None  # the run's best individual so far
+    elites: int
+    cells: int | None  # None until the bootstrap has measured the seed and built the grid
+    elapsed_s: float
+
+
+class Reporter:
+    """The engine's calls; each does nothing here."""
+
+    def trial_done(self, ind: Individual, result: TrialResult, placed: bool, kind: str) -> None:
+        """A trial finished and was recorded; `placed`: the individual holds its cell now."""
+
+    def generation_done(self, record: dict) -> None:
+        """A generation's children have all trained; `record` is what the archive stores."""
+
+    def message(self, text: str) -> None:
+        """Something the person watching should read (bootstrap figures, a stop, a warning)."""
+
+    def status(self, status: RunStatus) -> None:
+        """The run's state, at most twice a second."""
 
 
 class ConsoleReporter(Reporter):
@@ -25,27 +63,25 @@ class ConsoleReporter(Reporter):
     def message(self, text: str) -> None:
         self._print(f"[dim]{time.strftime('%H:%M:%S')}[/] {text}")
 
-    def trial_done(self, engine, ind, result, elite, kind) -> None:
+    def trial_done(self, ind, result, placed, kind) -> None:
         score = f"{result.val_bpb:.4f}" if result.val_bpb is not None else result.outcome
-        mark = " [green]★ elite[/]" if elite and result.ok else ""
+        mark = " [green]★ elite[/]" if placed and result.ok else ""
         hyp = (ind.hypothesis or "").splitlines()[0][:70] if ind.hypothesis else ind.operator
         fail = f" [red]{result.message[:60]}[/]" if not result.ok else ""
         self.message(f"#{ind.id} g{ind.generation} {kind:7s} seed {result.seed} {score}{mark} [dim]{hyp}[/]{fail}")
 
-    def generation_done(self, engine, record) -> None:
+    def generation_done(self, record) -> None:
         best = f"{record['best']:.4f}" if record.get("best") is not None else "-"
         self.message(f"[bold]generation {record['gen']}[/]: {record['trials']} trials, {record['failures']} failed, "
                      f"best {best}, coverage {record['coverage']:.0%}, QD {record['qd_score']:.2f}")
 
-    def status(self, engine) -> None:
+    def status(self, status: RunStatus) -> None:
         if self.live is None:
             return
-        best = engine.store.best(engine.run.id, 1)
-        n_elites = len(engine.store.elites(engine.run.id)) if engine.grid else 0
-        best_s = f"{best[0].val_bpb_mean:.4f} (#{best[0].id}, n={best[0].n_ok})" if best else "-"
-        cov = f"{n_elites}/{engine.grid.n_cells}" if engine.grid else "-"
-        elapsed = time.time() - engine.started
+        best = status.best
+        best_s = f"{best.val_bpb_mean:.4f} (#{best.id}, n={best.n_ok})" if best else "-"
+        cells = f"{status.elites}/{status.cells}" if status.cells else "-"
         self.live.update(Text.from_markup(
-            f"[bold]{engine.run.name}[/] | trials {engine.finished_trials} done, {engine.failed_trials} failed | "
-            f"in flight {len(engine.inflight)} | proposing {len(engine.proposing)} | best {best_s} | "
-            f"cells {cov} | {elapsed / 60:.1f} min"))
+            f"[bold]{status.run_name}[/] | trials {status.finished_trials} done, {status.failed_trials} failed | "
+            f"in flight {status.in_flight} | proposing {status.proposing} | best {best_s} | "
+            f"cells {cells} | {status.elapsed_s / 60:.1f} min"))

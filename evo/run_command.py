@@ -13,11 +13,20 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from evo.config import CPU_BUDGET, GPU_BUDGET, RunConfig, load_toml
+from evo import defaults
+from evo.config import RunConfig, load_toml
+from evo.datasets import resolve_dataset
 from evo.errors import EvoError
-
-REPO_PROGRAM = Path(__file__).resolve().parent.parent / "program.md"
-SEED_TRAIN = Path(__file__).resolve().parent.parent / "trainer" / "train.py"
+from evo.options import (
+    DEVICE_HELP,
+    archive_file_option,
+    console,
+    data_dir_option,
+    positive,
+    positive_int,
+    sandbox_choice,
+)
+from trainer.dataset import MANIFEST_NAME
 
 
 def _parse_seed_from(spec: str) -> tuple[Path, str | None]:
@@ -39,11 +48,11 @@ def _seed_sources(cfg: RunConfig, seed_file: Path | None) -> list[tuple[str, str
             elites = prior.elites(run.id)[: cfg.top]
             if not elites:
                 raise EvoError(f"run '{run.name}' in {path} has no elites to seed from")
-            return [(prior.get_individual(ind.id).source, "seed-from", f"from {path.name}:{run.name} #{ind.id} "
-                     f"({ind.val_bpb_mean:.4f}): {ind.hypothesis or ind.operator}") for _, ind in elites]
+            return [(prior.get_individual(ind.id).source, defaults.SEED_FROM_OPERATOR, f"from {path.name}:{run.name} "
+                     f"#{ind.id} ({ind.val_bpb_mean:.4f}): {ind.hypothesis or ind.operator}") for _, ind in elites]
         finally:
             prior.close()
-    path = seed_file or SEED_TRAIN
+    path = seed_file or defaults.SEED_TRAIN
     if not path.is_file():
         raise EvoError(f"seed file not found: {path} (give --seed-file PATH to a train.py)")
     source = path.read_text()
@@ -51,7 +60,7 @@ def _seed_sources(cfg: RunConfig, seed_file: Path | None) -> list[tuple[str, str
         compile(source, str(path), "exec")
     except SyntaxError as e:
         raise EvoError(f"seed file {path} is not valid Python (line {e.lineno}: {e.msg})")
-    return [(source, "seed", f"seed: {path.name}")]
+    return [(source, defaults.SEED_OPERATOR, f"seed: {path.name}")]
 
 
 def _make_operator(cfg: RunConfig, seed_source: str, spent_usd: float = 0.0):
@@ -63,14 +72,16 @@ def _make_operator(cfg: RunConfig, seed_source: str, spent_usd: float = 0.0):
     if not key:
         raise EvoError("--operator llm needs ANTHROPIC_API_KEY in the environment "
                        "(export ANTHROPIC_API_KEY=...), or use --operator offline")
+    from evo.executors import local_slots
     from evo.operators.llm import DEFAULT_MODEL, LLMOperator
 
     # Only what the user set is passed: the operator's own defaults stand for the rest.
     options = {name: value for name, value in (("temperature", cfg.llm_temperature), ("timeout", cfg.llm_timeout),
                                                ("max_retries", cfg.llm_max_retries)) if value is not None}
+    workers = len(local_slots(cfg.device, cfg.workers))
     return LLMOperator(model=cfg.model or DEFAULT_MODEL, max_dollars=cfg.max_llm_dollars, api_key=key,
                        base_url=os.environ.get("ANTHROPIC_BASE_URL"), seed_source=seed_source, spent_usd=spent_usd,
-                       **options)
+                       failure_limit=cfg.llm_failure_limit(workers), **options)
 
 
 def _sandbox(cfg: RunConfig, flags: dict, console: Console):
@@ -107,7 +118,6 @@ def run_command(*, db: Path, name: str | None, resume: bool, config_file: Path |
     from rich.live import Live
     from rich.text import Text
 
-    from evo.cli import resolve_dataset
     from evo.engine import Engine
     from evo.executors import LocalExecutor, local_slots
     from evo.reporting import ConsoleReporter
@@ -132,21 +142,21 @@ def run_command(*, db: Path, name: str | None, resume: bool, config_file: Path |
         # The dollar cap covers the whole run: what earlier sessions spent counts against it.
         operator = _make_operator(cfg, seed_source, spent_usd=store.llm_spend(run.id)["cost_usd"])
     else:
-        if config_file is None and Path("evo.toml").is_file():
-            config_file = Path("evo.toml")
-            console.print("settings: ./evo.toml")
+        if config_file is None and Path(defaults.CONFIG_FILE).is_file():
+            config_file = Path(defaults.CONFIG_FILE)
+            console.print(f"settings: ./{defaults.CONFIG_FILE}")
         settings = load_toml(config_file) if config_file else {}
         settings.update({k: v for k, v in flags.items() if v is not None})
         cfg = RunConfig.from_dict(settings)
         cuda = cfg.device != "cpu" and torch.cuda.is_available()
         cfg.device_kind = "cuda" if cuda else "cpu"
         if "budget" not in settings:
-            cfg.budget = GPU_BUDGET if cuda else CPU_BUDGET
+            cfg.budget = defaults.GPU_BUDGET if cuda else defaults.CPU_BUDGET
         if cfg.operator == "auto":
             cfg.operator = "llm" if os.environ.get("ANTHROPIC_API_KEY") else "offline"
             console.print(f"operator: {cfg.operator}" + ("" if cfg.operator == "llm" else
                           " (no ANTHROPIC_API_KEY set: hyperparameter mutations through the syntax tree)"))
-        program_path = program or REPO_PROGRAM
+        program_path = program or defaults.PROGRAM_PATH
         if program and not program.is_file():
             raise EvoError(f"--program {program}: no such file")
         program_text = program_path.read_text() if program_path.is_file() else ""
@@ -159,10 +169,11 @@ def run_command(*, db: Path, name: str | None, resume: bool, config_file: Path |
             raise EvoError(f"run '{name}' already exists in {db} (use --resume to continue it, or another --name)")
         dataset = resolve_dataset(data_dir, prepare_if_missing=True)
         cfg.dataset_dir = str(dataset.path)
-        run = store.create_run(name or time.strftime("run-%Y%m%d-%H%M%S"), cfg.to_dict(), dataset.hash, program_text)
+        run = store.create_run(name or time.strftime(defaults.RUN_NAME_FORMAT), cfg.to_dict(), dataset.hash,
+                               program_text)
         for source, op, hyp in seeds:
             store.add_individual(run.id, source, [], op, hyp, generation=0)
-    if not Path(cfg.dataset_dir, "manifest.json").exists():
+    if not Path(cfg.dataset_dir, MANIFEST_NAME).exists():
         raise EvoError(f"the run's data {cfg.dataset_dir} is gone (run `evo prepare` again)")
     store.update_run(run.id, status="running")
     executor = LocalExecutor(local_slots(cfg.device, cfg.workers))
@@ -172,13 +183,13 @@ def run_command(*, db: Path, name: str | None, resume: bool, config_file: Path |
             f"{cfg.trials} trials" if cfg.trials is not None else
             f"{cfg.hours} h" if cfg.hours else "Ctrl-C (no --generations/--trials/--hours given)")
     console.print(f"[bold]evo run[/] '{run.name}' in {db}: population {cfg.population}, budget {cfg.budget:g}s, "
-                  f"operator {cfg.operator}, {executor.size} worker(s) on {executor.slots[0].name}, until {stop}")
+                  f"operator {cfg.operator}, {executor.describe()}, until {stop}")
     try:
         with Live(Text(""), console=console, refresh_per_second=2, transient=True) as live:
             reporter.live = live
             engine.run_loop()
     except KeyboardInterrupt:
-        console.print(f"\nstopped. Finished trials are kept; continue with: evo run --resume --name {run.name} --db {db}")
+        console.print(f"\nstopped. Finished trials are kept; continue with: {defaults.resume_command(run.name, db)}")
         raise SystemExit(130)
     finally:
         reporter.live = None
@@ -196,54 +207,50 @@ def _print_summary(store, run, console: Console) -> None:
     console.print("browse: evo elites | evo show ID | evo plot | evo ui")
 
 
-def add_run_command(main: click.Group, data_dir_option) -> None:
-    def positive_int(ctx, param, value):
-        if value is not None and value < 1:
-            raise click.BadParameter(f"must be at least 1, got {value}")
-        return value
-
-    def positive(ctx, param, value):
-        if value is not None and value <= 0:
-            raise click.BadParameter(f"must be greater than 0, got {value}")
-        return value
-
-    @main.command("run")
-    @click.option("--population", type=int, default=None, callback=positive_int, help="Children per generation [16].")
-    @click.option("--budget", type=float, default=None, callback=positive, help="Training seconds per trial [6 CPU, 300 GPU].")
-    @click.option("--generations", type=int, default=None, callback=positive_int, help="Stop after N generations.")
-    @click.option("--trials", type=int, default=None, callback=positive_int, help="Stop after N finished trials.")
-    @click.option("--hours", type=float, default=None, callback=positive, help="Stop dispatching after H hours.")
-    @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=Path("archive.db"), show_default=True)
-    @click.option("--name", default=None, help="Run name [run-DATE-TIME]; with --resume, the run to continue.")
-    @click.option("--resume", is_flag=True, help="Continue a stopped run (the latest, or --name).")
-    @click.option("--operator", type=click.Choice(["auto", "offline", "llm"]), default=None,
-                  help="Variation operator [auto: llm if ANTHROPIC_API_KEY is set, else offline].")
-    @click.option("--seed-file", type=click.Path(path_type=Path), default=None, help="train.py to start from [trainer/train.py].")
-    @click.option("--seed-from", default=None, metavar="DB[:RUN]", help="Start from the best elites of a prior run.")
-    @click.option("--top", type=int, default=None, callback=positive_int, help="With --seed-from: how many elites [8].")
-    @click.option("--program", type=click.Path(path_type=Path), default=None, help="Research program for the LLM [program.md].")
-    @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-                  help="Settings file (grid bins, noise seeds, ...) [./evo.toml if present].")
-    @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N.")
-    @click.option("--workers", type=int, default=None, callback=positive_int, help="Parallel trials [one per GPU; 1 on CPU].")
-    @click.option("--noise-seeds", type=int, default=None, callback=positive_int, help="Seeds for the noise measurement [3].")
-    @click.option("--model", default=None, help="LLM model id.")
-    @click.option("--max-llm-dollars", type=float, default=None, callback=positive,
-                  help="Stop calling the LLM past this spend (the run's total, resumes included; may be raised "
-                       "on --resume); the run then trains the children it has and ends.")
-    @click.option("--temperature", "llm_temperature", type=float, default=None, help="LLM sampling temperature [the model's].")
-    @click.option("--llm-timeout", type=float, default=None, callback=positive, help="Seconds per LLM request [300].")
-    @click.option("--llm-max-retries", type=click.IntRange(min=0), default=None,
-                  help="Retries of a rate-limited, overloaded or timed-out LLM request [4].")
-    @click.option("--sandbox", type=click.Choice(["auto", "strict", "off"]), default=None,
-                  help="OS sandbox around each trial [auto: bubblewrap where it works, else none, said at start; "
-                       "strict: refuse to run without it].")
-    @data_dir_option
-    def run(db, name, resume, seed_file, program, config_file, data_dir, **flags):
-        """Evolve train.py variants into a MAP-Elites archive (archive.db + archive.git)."""
-        from evo.cli import console
-
-        if flags.get("operator") is None and not resume:
-            flags["operator"] = "auto"
-        run_command(db=db, name=name, resume=resume, config_file=config_file, seed_file=seed_file, program=program,
-                    data_dir=data_dir, console=console, flags=flags)
+@click.command("run", help=f"Evolve train.py variants into a MAP-Elites archive ({defaults.DEFAULT_DB} + "
+                          f"{Path(defaults.DEFAULT_DB).with_suffix('.git')}).")
+@click.option("--population", type=int, default=None, callback=positive_int,
+              help=f"Children per generation [{defaults.POPULATION}].")
+@click.option("--budget", type=float, default=None, callback=positive,
+              help=f"Training seconds per trial [{defaults.CPU_BUDGET:g} CPU, {defaults.GPU_BUDGET:g} GPU].")
+@click.option("--generations", type=int, default=None, callback=positive_int, help="Stop after N generations.")
+@click.option("--trials", type=int, default=None, callback=positive_int, help="Stop after N finished trials.")
+@click.option("--hours", type=float, default=None, callback=positive, help="Stop dispatching after H hours.")
+@archive_file_option
+@click.option("--name", default=None, help="Run name [run-DATE-TIME]; with --resume, the run to continue.")
+@click.option("--resume", is_flag=True, help="Continue a stopped run (the latest, or --name).")
+@click.option("--operator", type=click.Choice(["auto", "offline", "llm"]), default=None,
+              help="Variation operator [auto: llm if ANTHROPIC_API_KEY is set, else offline].")
+@click.option("--seed-file", type=click.Path(path_type=Path), default=None,
+              help=f"train.py to start from [{defaults.SEED_TRAIN_NAME}].")
+@click.option("--seed-from", default=None, metavar="DB[:RUN]", help="Start from the best elites of a prior run.")
+@click.option("--top", type=int, default=None, callback=positive_int,
+              help=f"With --seed-from: how many elites [{defaults.TOP}].")
+@click.option("--program", type=click.Path(path_type=Path), default=None,
+              help=f"Research program for the LLM [{defaults.PROGRAM_NAME}].")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help=f"Settings file (grid bins, noise seeds, ...) [./{defaults.CONFIG_FILE} if present].")
+@click.option("--device", default=None, help=DEVICE_HELP)
+@click.option("--workers", type=int, default=None, callback=positive_int,
+              help="Parallel trials [one per GPU; 1 on CPU].")
+@click.option("--noise-seeds", type=int, default=None, callback=positive_int,
+              help=f"Seeds for the noise measurement [{defaults.NOISE_SEEDS}].")
+@click.option("--model", default=None, help="LLM model id.")
+@click.option("--max-llm-dollars", type=float, default=None, callback=positive,
+              help="Stop calling the LLM past this spend (the run's total, resumes included; may be raised "
+                   "on --resume); the run then trains the children it has and ends.")
+@click.option("--temperature", "llm_temperature", type=float, default=None,
+              help="LLM sampling temperature [the model's].")
+@click.option("--llm-timeout", type=float, default=None, callback=positive,
+              help=f"Seconds per LLM request [{defaults.LLM_TIMEOUT:g}].")
+@click.option("--llm-max-retries", type=click.IntRange(min=0), default=None,
+              help=f"Retries of a rate-limited, overloaded or timed-out LLM request [{defaults.LLM_MAX_RETRIES}].")
+@click.option("--sandbox", type=sandbox_choice(), default=None,
+              help="OS sandbox around each trial [auto: bubblewrap where it works, else none, said at start; "
+                   "strict: refuse to run without it].")
+@data_dir_option
+def run(db, name, resume, seed_file, program, config_file, data_dir, **flags):
+    if flags.get("operator") is None and not resume:
+        flags["operator"] = "auto"
+    run_command(db=db, name=name, resume=resume, config_file=config_file, seed_file=seed_file, program=program,
+                data_dir=data_dir, console=console, flags=flags)

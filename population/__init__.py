@@ -1,19 +1,28 @@
 """What exists: the archive of runs, individuals, trials and elites, and the git store of variants.
 
 `population` records; it never runs trials or calls LLMs, and imports neither `evo` nor `trainer`.
+Its modules, from the bottom up: `models` (the tables), `records` (the frozen rows the store
+hands out), `opening` (which database, is it an archive, of which schema), `store` (every read
+and write, one transaction scope), `gitstore` (the variants as commits and refs), `noise` and
+`mapelites` (the comparison rule and the grid), `elites` (the replace rule over the store).
 See docs/internals.md for how the packages fit together.
 """
 
+from population.elites import AddResult, AddStatus, EliteArchive
+from population.errors import ArchiveError, DuplicateSource, DuplicateTrial
 from population.gitstore import GitStore
 from population.mapelites import Dim, Grid
 from population.noise import is_improvement, noise_sd
-from population.store import ArchiveError, DuplicateSource, DuplicateTrial, Store
+from population.store import Store
 
 __all__ = [
+    "AddResult",
+    "AddStatus",
     "ArchiveError",
     "Dim",
     "DuplicateSource",
     "DuplicateTrial",
+    "EliteArchive",
     "GitStore",
     "Grid",
     "Store",

@@ -32,6 +32,21 @@ FILENAME = "train.py"
 _SHA = re.compile(r"[0-9a-f]{40}")
 
 
+def individual_ref(run: str, individual_id: int) -> str:
+    """Every individual's commit stays reachable through this ref (so `git gc` keeps it)."""
+    return f"refs/individuals/{run}/{individual_id}"
+
+
+def elite_ref(run: str, cell: str) -> str:
+    """The elite of one cell: `git show refs/elites/<run>/3,5:train.py`."""
+    return f"refs/elites/{run}/{cell}"
+
+
+def branch_ref(run: str) -> str:
+    """The run's branch, kept on its best elite: `git log <run>` is the champion's lineage."""
+    return f"refs/heads/{run}"
+
+
 class GitStore:
     """A bare repository of variants. Thread-safe: one lock serialises every call, because
     gitpython's persistent `cat-file` reader is shared state."""

@@ -3,6 +3,9 @@
 Everything a run learns lives here, so a run can be resumed, browsed and continued from another
 process or machine. Two design choices shape the columns:
 
+These are the storage's own classes: `population.store` never hands them out (it returns the
+frozen `population.records` built from them), so only the store and `opening` import this.
+
 - An `Individual` caches the aggregates of its finished trials (mean, sd, counts, descriptors,
   cell). They are derivable from `Trial` rows, but selection, the elite table and the browser
   read them for every individual, so the store keeps them current when a trial finishes.
@@ -190,16 +193,6 @@ class Trial(Base):
     stderr_tail: Mapped[str | None] = mapped_column(Text)
     message: Mapped[str | None] = mapped_column(Text)
     extra: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome == "ok"
-
-    def to_result(self) -> dict[str, Any]:
-        """The trial as a `TrialResult.to_dict()`-shaped dict (what operators are shown)."""
-        result = {name: getattr(self, name) for name in RESULT_COLUMNS}
-        result.update(seed=self.seed, device=self.device, **(self.extra or {}))
-        return result
 
 
 class Elite(Base):

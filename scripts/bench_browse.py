@@ -2,7 +2,7 @@
 
 Builds (once, then reuses) a synthetic archive through the real `Store` API exactly as the engine
 writes one — add_individual / start_trial / finish_trial (which commits each variant to git) /
-tell, plus rejected proposals, failed trials of every kind, re-trained champions and generation
+EliteArchive.add, plus rejected proposals, failed trials of every kind, re-trained champions and generation
 records — with sources that are real edits of the seed `train.py`. Then times (median and best of
 several runs; the best is the figure where the machine is shared):
 
@@ -38,6 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from population.elites import EliteArchive  # noqa: E402
 from population.mapelites import Grid  # noqa: E402
 from population.store import DuplicateSource, Store  # noqa: E402
 
@@ -128,7 +129,7 @@ def _train(store, grid, noise, ind_id, skill, lp, lt, rng, seeds=1, fail=None, s
                       "steps": 900, "peak_memory_mb": 40000.0 + rng.random() * 5000, "training_seconds": 300.0,
                       "total_seconds": 330.0, "message": "ok"}
         store.finish_trial(trial.id, result)
-        store.tell(ind_id, grid, noise)
+        EliteArchive(store, store.get_individual(ind_id, source=False).run_id, grid, noise).add(ind_id)
 
 
 HYPOTHESES = (

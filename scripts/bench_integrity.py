@@ -44,8 +44,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.support.hostile import (CLASSES, Canaries, copy_dataset, header, hostile_variants,  # noqa: E402
-                                   options, verdict)
+from tests.support.hostile import CLASSES, Canaries, copy_dataset, header, hostile_variants, options, verdict  # noqa: E402
 from trainer.runner import run_trial  # noqa: E402
 
 from bench_trial import dataset_for  # noqa: E402  (scripts/ is on sys.path when run)

@@ -40,9 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import evo.executors  # noqa: E402
 from evo.config import RunConfig  # noqa: E402
-from evo.engine import Engine, Reporter  # noqa: E402
+from evo.engine import Engine  # noqa: E402
 from evo.executors import LocalExecutor, local_slots  # noqa: E402
 from evo.operators.llm import DEFAULT_MODEL, LLMOperator, price_for  # noqa: E402
+from evo.reporting import Reporter  # noqa: E402
 from population.store import Store  # noqa: E402
 from tests.support.messages_server import MessagesServer, Reply  # noqa: E402
 from trainer.prepare import DatasetError, find_dataset, prepare  # noqa: E402
@@ -99,7 +100,7 @@ class Log(Reporter):
     def message(self, text: str) -> None:
         print(f"  {time.monotonic() - self.t0:6.1f}s  {text}", flush=True)
 
-    def trial_done(self, engine, ind, result, elite, kind) -> None:
+    def trial_done(self, ind, result, placed, kind) -> None:
         score = f"{result.val_bpb:.4f}" if result.val_bpb is not None else result.outcome
         self.message(f"#{ind.id} {kind:7s} seed {result.seed} {score}  {ind.hypothesis[:60]}")
 
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
         engine = Engine(store, run, cfg, operator, executor, Log(t0))
         print(f"bench: latency {args.latency:g}s, budget {args.budget:g}s, {args.trials} trials "
               f"({args.noise_seeds} bootstrap), {executor.size} worker(s), "
-              f"{engine._proposal_threads()} proposal threads, model {DEFAULT_MODEL} prices", flush=True)
+              f"{engine._proposal_threads} proposal threads, model {DEFAULT_MODEL} prices", flush=True)
         with TrialClock() as clock:
             engine.run_loop()
         wall = time.monotonic() - t0

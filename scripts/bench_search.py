@@ -13,7 +13,7 @@ fresh seeds outside the arm's trial budget, and both figures are printed.
 
 Part 2 — bookkeeping. With 10,000 individuals in an archive: the engine's per-trial work
 outside training (select parents, run the operator, add the child, start and finish its trial
-with its git commit, tell the archive), median over many iterations. Target: under 20 ms.
+with its git commit, add it to the elite archive), median over many iterations. Target: under 20 ms.
 
     python scripts/bench_search.py --trials 24 --repeats 3 --budget 3
     python scripts/bench_search.py --only bookkeeping
@@ -32,10 +32,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evo.config import RunConfig  # noqa: E402
-from evo.engine import Engine, Reporter  # noqa: E402
+from evo.engine import Engine  # noqa: E402
 from evo.executors import LocalExecutor, local_slots  # noqa: E402
 from evo.operators.base import ArchiveContext, ParentInfo  # noqa: E402
 from evo.operators.offline import OfflineOperator  # noqa: E402
+from evo.reporting import Reporter  # noqa: E402
 from population.store import Store  # noqa: E402
 from trainer.runner import run_trial  # noqa: E402
 
@@ -118,15 +119,16 @@ def search_quality(args) -> None:
 
 def bookkeeping(args) -> None:
     """Per-trial engine work with an archive of `args.archive_size` individuals."""
-    from population.mapelites import Grid
-
     from evo.operators.validate import validate_child
     from evo.selection import select_parents
+    from population.elites import EliteArchive
+    from population.mapelites import Grid
 
     with tempfile.TemporaryDirectory() as tmp:
         store = Store.open(Path(tmp) / "archive.db", create=True)
         run = store.create_run("bench", {}, None, "")
         grid = Grid.around({"params": 1e6, "tokens": 1e5}, bins=10)
+        archive = EliteArchive(store, run.id, grid, 0.01)
         rng, op = random.Random(0), OfflineOperator("cpu")
         fake = dict(outcome="ok", device="cpu", budget=1.0, training_seconds=1.0, steps=10)
 
@@ -142,7 +144,7 @@ def bookkeeping(args) -> None:
             t = store.start_trial(ind.id, 0)
             store.finish_trial(t.id, dict(fake, val_bpb=2 + rng.random(), params=int(10 ** rng.uniform(4, 8)),
                                           tokens=int(10 ** rng.uniform(3, 7))))
-            store.tell(ind.id, grid, 0.01)
+            archive.add(ind.id)
             return ind
 
         print(f"filling an archive with {args.archive_size:,} individuals …", flush=True)

@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 from trainer.dataset import DatasetError  # noqa: E402
 from trainer.prepare import find_dataset, prepare  # noqa: E402
 from trainer.runner import TrialResult, run_trial  # noqa: E402
-from trainer.trial_config import default_budget  # noqa: E402
+from trainer.trial_config import CPU_BUDGET, GPU_BUDGET, default_budget  # noqa: E402
 
 SEED_TRAIN = REPO / "trainer" / "train.py"
 
@@ -67,7 +67,8 @@ COLUMNS = [  # header, width, how to get the value from a row dict, format
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--budget", type=float, default=None, help="training seconds per run [10 on CPU, 300 on GPU]")
+    p.add_argument("--budget", type=float, default=None,
+                   help=f"training seconds per run [{CPU_BUDGET:g} on CPU, {GPU_BUDGET:g} on GPU]")
     p.add_argument("--repeats", type=int, default=3, help="runs per seed mode [3]")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [auto]")
     p.add_argument("--data-dir", type=Path, default=None, help="prepared data (a data dir or one dataset) "

@@ -8,6 +8,7 @@ import difflib
 
 import pytest
 
+from population.elites import EliteArchive
 from population.mapelites import Grid
 from population.store import Store
 from tests.conftest import evo
@@ -97,7 +98,7 @@ def two_runs(tmp_path_factory):
             ind = store.add_individual(run.id, source, parents, operator, hypothesis)
             trial = store.start_trial(ind.id, seed=0)
             store.finish_trial(trial.id, {"outcome": "ok", "val_bpb": val_bpb, "params": 10**6, "tokens": 10**4})
-            store.tell(ind.id, grid, 0.001)
+            EliteArchive(store, run.id, grid, 0.001).add(ind.id)
             return store.get_individual(ind.id)
 
         a = store.create_run("a", {"grid_bounds": grid.to_config()})

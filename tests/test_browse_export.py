@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pandas as pd
 
+from evo.browse.export import results_tsv
+from population.elites import EliteArchive
 from population.mapelites import Grid
 from population.store import Store
 from tests.conftest import evo
-
-from evo.browse.export import results_tsv
 
 
 def notebook_load(path) -> pd.DataFrame:
@@ -50,7 +50,7 @@ def test_keep_discard_crash(tmp_path):
             ind = store.add_individual(run.id, source, parents, "offline", hypothesis)
             trial = store.start_trial(ind.id, seed=0)
             store.finish_trial(trial.id, {**measured, **result})
-            store.tell(ind.id, grid, 0.001)
+            EliteArchive(store, run.id, grid, 0.001).add(ind.id)
             return ind
 
         seed = trained("seed = 1\n", [], "seed: train.py", outcome="ok", val_bpb=1.0)

@@ -21,8 +21,16 @@ import pytest
 
 from evo.operators.validate import validate_child
 from tests.conftest import FAST, VARIANTS, evo
-from tests.support.hostile import (CANARY_KEY, Canaries, copy_dataset, header, honest_floor, hostile_variants,
-                                   options, verdict)
+from tests.support.hostile import (
+    CANARY_KEY,
+    Canaries,
+    copy_dataset,
+    header,
+    honest_floor,
+    hostile_variants,
+    options,
+    verdict,
+)
 from tests.support.messages_server import Fail, MessagesServer, Reply
 from trainer.runner import run_trial
 

@@ -20,7 +20,7 @@ PARENT = ParentInfo(
     SEED,
     hypothesis="the seed",
     val_bpb=1.8512,
-    n_trials=2,
+    n_ok=2,
     cell=(3, 4),
     trials=[
         {"seed": 1, "outcome": "ok", "val_bpb": 1.85, "steps": 120, "tokens": 245760, "params": 1.2e6},
@@ -47,7 +47,8 @@ def ctx(**kw):
 
 
 def test_good_edit_gives_a_child_and_one_recorded_call():
-    with MessagesServer([Reply(GOOD, input_tokens=1200, output_tokens=80, cache_creation_input_tokens=900)]) as server:
+    answer = Reply(GOOD, input_tokens=1200, output_tokens=80, cache_creation_input_tokens=900, delay=0.2)
+    with MessagesServer([answer]) as server:
         p = operator(server).mutate(PARENT, ctx(), RNG)
     assert p.rejected is None and p.operator == "llm" and p.parents == [12]
     assert p.hypothesis == "a higher matrix LR learns faster in 5 minutes"
@@ -56,7 +57,7 @@ def test_good_edit_gives_a_child_and_one_recorded_call():
     assert call["model"] == DEFAULT_MODEL and call["role"] == "mutate" and call["outcome"] == "ok"
     assert (call["input_tokens"], call["output_tokens"], call["cache_read_tokens"], call["cache_write_tokens"]) == (1200, 80, 0, 900)
     assert call["cost_usd"] == pytest.approx((1200 * 3 + 80 * 15 + 900 * 3.75) / 1e6)
-    assert call["latency_s"] >= 0 and call["error"] == ""
+    assert 0.2 <= call["latency_s"] < 10 and call["error"] == ""  # the server took 0.2 s to answer
 
 
 def test_the_key_arrives_and_the_prompt_has_a_cached_stable_prefix():
@@ -78,8 +79,8 @@ def test_the_key_arrives_and_the_prompt_has_a_cached_stable_prefix():
 
 
 def test_prompt_carries_parent_results_and_archive_memory():
-    elite = ParentInfo(31, SEED.replace("DEPTH = 8 if CUDA else 2", "DEPTH = 8 if CUDA else 3"), hypothesis="one more block", val_bpb=1.80, n_trials=3, cell=(4, 4))
-    other = ParentInfo(44, SEED, hypothesis="tiny model corner", val_bpb=2.1, n_trials=1, cell=(0, 1))
+    elite = ParentInfo(31, SEED.replace("DEPTH = 8 if CUDA else 2", "DEPTH = 8 if CUDA else 3"), hypothesis="one more block", val_bpb=1.80, n_ok=3, cell=(4, 4))
+    other = ParentInfo(44, SEED, hypothesis="tiny model corner", val_bpb=2.1, n_ok=1, cell=(0, 1))
     context = ctx(
         elites=[elite, PARENT, other, other, other, ParentInfo(45, SEED, hypothesis="far cell", val_bpb=2.2, cell=(9, 9))],
         failures=[

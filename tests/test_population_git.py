@@ -4,6 +4,7 @@ import subprocess
 
 import pytest
 
+from population.elites import EliteArchive
 from population.gitstore import GitStore
 from population.mapelites import Dim, Grid
 from population.store import Store
@@ -94,7 +95,7 @@ def test_store_commits_each_individual_with_its_lineage(tmp_path):
         a = train(store.add_individual(run.id, SEED.replace("0.02", "0.03"), [seed.id], "offline", "raise lr", 1), 0, 1.2)
         b = train(store.add_individual(run.id, SEED.replace("4", "6"), [seed.id], "offline", "deeper", 1), 0, None, "crash")
         child = train(store.add_individual(run.id, "lr = 0.03\nlayers = 6\n", [a.id, b.id], "crossover", "both", 2), 0, 1.1)
-        assert store.tell(child.id, grid, 0.01)
+        assert EliteArchive(store, run.id, grid, 0.01).add(child.id).placed
 
         assert git(repo, "rev-list", "--parents", "-n1", a.commit).split() == [a.commit, seed.commit]
         assert git(repo, "rev-list", "--parents", "-n1", child.commit).split() == [child.commit, a.commit, b.commit]

@@ -8,25 +8,9 @@ import time
 
 import pytest
 
-from population.mapelites import Dim, Grid
+from population.elites import AddStatus, EliteArchive
 from population.store import ArchiveError, DuplicateSource, DuplicateTrial, Store
-
-GRID = Grid([Dim("params", 1e3, 1e7, 4), Dim("tokens", 1e6, 1e10, 4)])
-
-
-def result(val_bpb=1.0, outcome="ok", params=20_000, tokens=10**8, **extra):
-    """A TrialResult.to_dict()-shaped dict."""
-    ok = outcome == "ok"
-    return {
-        **dict(
-        outcome=outcome, val_bpb=val_bpb if ok else None, seed=0, device="cpu", budget=60.0,
-        training_seconds=60.0, total_seconds=70.0, startup_seconds=2.0, compile_seconds=1.0,
-        eval_seconds=3.0, peak_memory_mb=512.0, params=params, tokens=tokens if ok else None,
-        steps=100, mfu=0.3, tokens_per_second=1e6, exit_code=0 if ok else 1,
-        stderr_tail="" if ok else "Traceback ...\nRuntimeError: boom", message=outcome,
-        ),
-        **extra,
-    }
+from tests.support.archive import GRID, result, trained
 
 
 @pytest.fixture
@@ -39,13 +23,6 @@ def store(tmp_path):
 @pytest.fixture
 def run(store):
     return store.create_run("r1", {"budget": 60})
-
-
-def trained(store, run, source, val_bpb=1.0, parents=(), seed=0, **kw):
-    ind = store.add_individual(run.id, source, list(parents), "offline", f"try {source!r}", 1)
-    trial = store.start_trial(ind.id, seed, "cpu", "w0")
-    store.finish_trial(trial.id, result(val_bpb, **kw))
-    return store.get_individual(ind.id)
 
 
 # ---------------------------------------------------------------- opening
@@ -191,7 +168,7 @@ def test_engine_threads_write_concurrently(store, run):
         try:
             for i in range(10):
                 ind = trained(store, run, f"worker {k} step {i}\n", 1.0 + i / 10)
-                store.tell(ind.id, GRID, 0.01)
+                EliteArchive(store, run.id, GRID, 0.01).add(ind.id)
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -360,8 +337,7 @@ def test_trial_lifecycle(store, run):
     done = store.finish_trial(trial.id, result(1.25, seed=3, device="NVIDIA H100", kv_heads=4))
     assert done.status == "done" and done.finished_at is not None
     assert (done.val_bpb, done.device, done.params, done.extra) == (1.25, "NVIDIA H100", 20_000, {"kv_heads": 4})
-    as_result = done.to_result()
-    assert as_result["seed"] == 3 and as_result["kv_heads"] == 4 and as_result["outcome"] == "ok"
+    assert done.seed == 3 and done.ok
     assert store.running_trials(run.id) == []
     with pytest.raises(ArchiveError, match="already finished"):
         store.finish_trial(trial.id, result())
@@ -403,56 +379,9 @@ def test_failed_only_individual_has_no_score(store, run):
     ind = trained(store, run, "x = 1\n", outcome="oom")
     assert (ind.status, ind.n_trials, ind.n_ok, ind.val_bpb_mean, ind.descriptors) == ("trained", 1, 0, None, None)
     assert ind.commit is not None  # failures are part of the genealogy too
-    assert store.tell(ind.id, GRID, 0.01) is False
+    assert EliteArchive(store, run.id, GRID, 0.01).add(ind.id).status is AddStatus.NO_CELL
     assert store.get_individual(ind.id).cell is None
     assert store.best(run.id, 5) == []
-
-
-# ---------------------------------------------------------------- elites
-
-
-def test_elite_replace_rule_respects_noise(store, run):
-    sigma = 0.01  # threshold for one trial each: 1.645 * 0.01 * sqrt(2) ≈ 0.023
-    incumbent = trained(store, run, "x = 1\n", 1.00)
-    assert store.tell(incumbent.id, GRID, sigma) is True
-    lucky = trained(store, run, "x = 2\n", 0.99)  # better, but by less than noise
-    assert store.tell(lucky.id, GRID, sigma) is False
-    assert store.get_individual(lucky.id).cell == store.get_individual(incumbent.id).cell
-    [(elite, holder)] = store.elites(run.id)
-    assert holder.id == incumbent.id and elite.cell == "1,2"
-    better = trained(store, run, "x = 3\n", 0.95)  # better by more than noise
-    assert store.tell(better.id, GRID, sigma) is True
-    assert [i.id for _, i in store.elites(run.id)] == [better.id]
-    branch = subprocess.run(["git", f"--git-dir={store.git.path}", "rev-parse", "r1", "refs/elites/r1/1,2"],
-                            capture_output=True, text=True, check=True).stdout.split()
-    assert branch == [better.commit, better.commit]
-    # with no noise estimate a strict < decides
-    tiny = trained(store, run, "x = 4\n", 0.949)
-    assert store.tell(tiny.id, GRID, None) is True
-
-
-def test_elites_in_different_cells_coexist(store, run):
-    small = trained(store, run, "x = 1\n", 1.3, params=2_000)
-    big = trained(store, run, "x = 2\n", 1.0, params=2_000_000)
-    assert store.tell(small.id, GRID, 0.01) and store.tell(big.id, GRID, 0.01)
-    assert [(e.cell, i.id) for e, i in store.elites(run.id)] == [("3,2", big.id), ("0,2", small.id)]
-    assert [i.id for i in store.best(run.id, 5)] == [big.id, small.id]
-    assert GRID.qd_score(i.val_bpb_mean for _, i in store.elites(run.id)) == pytest.approx(6.7 + 7.0)
-
-
-def test_retrained_elite_keeps_or_moves_its_cell(store, run):
-    elite = trained(store, run, "x = 1\n", 1.0, params=20_000)
-    runner_up = trained(store, run, "x = 2\n", 1.1, params=20_000)
-    assert store.tell(elite.id, GRID, None) and not store.tell(runner_up.id, GRID, None)
-    # a new seed in the same cell: still the elite
-    store.finish_trial(store.start_trial(elite.id, 1).id, result(1.02, params=20_000))
-    assert store.tell(elite.id, GRID, None) is True
-    # more seeds drag its mean descriptors into the next cell: the runner-up inherits the old one
-    for seed in (2, 3, 4):
-        store.finish_trial(store.start_trial(elite.id, seed).id, result(1.0, params=1_000_000))
-    assert store.tell(elite.id, GRID, None) is True
-    cells = {e.cell: i.id for e, i in store.elites(run.id)}
-    assert cells == {"1,2": runner_up.id, "2,2": elite.id}
 
 
 # ---------------------------------------------------------------- run records

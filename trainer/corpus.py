@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+VAL_FRACTION = 0.05  # share of documents held out for validation, unless told (--val-fraction)
+TEXT_FIELD = "text"  # the field (.jsonl) or column (.parquet) holding a document's text
 
 class CorpusError(Exception):
     """A user-facing, one-line problem with the corpus (missing path, empty corpus, ...)."""
@@ -67,7 +69,7 @@ def stdlib_files(root: Path | None = None) -> list[Path]:
 STDLIB_VAL = ("turtledemo", "tkinter", "wsgiref", "xmlrpc", "curses", "dbm", "pydoc_data", "ensurepip", "turtle.py")
 
 
-def stdlib_documents(val_fraction: float = 0.05) -> Iterator[Document]:
+def stdlib_documents(val_fraction: float = VAL_FRACTION) -> Iterator[Document]:
     """The standard library's source; validation = the `STDLIB_VAL` packages (`val_fraction` is
     not used: the split is by package, the same on every machine with the same Python)."""
     root = stdlib_root()
@@ -100,7 +102,8 @@ def _expand(paths: list[str]) -> list[tuple[Path, str]]:
     return files
 
 
-def file_documents(paths: list[str], val_fraction: float = 0.05, text_field: str = "text") -> Iterator[Document]:
+def file_documents(paths: list[str], val_fraction: float = VAL_FRACTION,
+                   text_field: str = TEXT_FIELD) -> Iterator[Document]:
     """Documents from local files: one per text file, per JSONL line, per parquet row."""
     for path, fname in _expand(paths):
         suffix = path.suffix.lower()
@@ -154,7 +157,7 @@ def _encodable(text: str) -> str:
         return text.encode("utf-8", errors="replace").decode("utf-8")
 
 
-def parquet_rows(path: Path, text_field: str = "text") -> Iterator[tuple[int, str]]:
+def parquet_rows(path: Path, text_field: str = TEXT_FIELD) -> Iterator[tuple[int, str]]:
     """(row index, text) for each non-blank row of a string column."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -177,7 +180,7 @@ def parquet_rows(path: Path, text_field: str = "text") -> Iterator[tuple[int, st
             i += 1
 
 
-def parquet_texts(path: Path, text_field: str = "text") -> Iterator[str]:
+def parquet_texts(path: Path, text_field: str = TEXT_FIELD) -> Iterator[str]:
     for _, text in parquet_rows(path, text_field):
         yield text
 

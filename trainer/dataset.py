@@ -20,13 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
+MANIFEST_NAME = "manifest.json"  # a directory holding one is a prepared dataset
+DATA_DIR_ENV = "EVO_DATA_DIR"
+DEFAULT_DATA_DIR = "~/.cache/evo/data"  # where `evo prepare` writes unless told (--data-dir, $EVO_DATA_DIR)
+CPU_VOCAB = 2048  # BPE vocabulary (incl. BOS) `evo prepare` builds unless told (--vocab-size)
+GPU_VOCAB = 8192  # autoresearch's
+
 
 class DatasetError(Exception):
     """A user-facing, one-line problem with a data directory."""
 
 
 def default_data_dir() -> Path:
-    return Path(os.environ.get("EVO_DATA_DIR") or Path.home() / ".cache" / "evo" / "data")
+    return Path(os.environ.get(DATA_DIR_ENV) or Path(DEFAULT_DATA_DIR).expanduser())
 
 
 def manifest_hash(manifest: dict) -> str:
@@ -41,7 +47,7 @@ class Dataset:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        mf = self.path / "manifest.json"
+        mf = self.path / MANIFEST_NAME
         if not mf.exists():
             raise DatasetError(f"no prepared data in {self.path} (run `evo prepare` first)")
         self.manifest = json.loads(mf.read_text())

@@ -46,8 +46,14 @@ import numpy as np
 import torch
 
 from trainer.dataset import Dataset
-from trainer.trial_config import (CONFIG_ENV, TrialConfig, default_budget, eval_plan, handover_allowance,
-                                   handover_reserve)
+from trainer.trial_config import (
+    CONFIG_ENV,
+    TrialConfig,
+    default_budget,
+    eval_plan,
+    handover_allowance,
+    handover_reserve,
+)
 
 NAN_EXIT_CODE = 3
 UNEXPORTABLE_EXIT_CODE = 5

@@ -18,11 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from trainer import corpus, tokenizer
-from trainer.dataset import Dataset, DatasetError, default_data_dir, manifest_hash
+from trainer.dataset import CPU_VOCAB, GPU_VOCAB, MANIFEST_NAME, Dataset, DatasetError, default_data_dir, manifest_hash
 
 SOURCES = ("stdlib", "files", "climbmix")
-CPU_VOCAB = 2048
-GPU_VOCAB = 8192  # autoresearch's
 
 
 def default_vocab_size() -> int:
@@ -107,8 +105,8 @@ def prepare(
     shards: int | None = None,
     data_dir: str | Path | None = None,
     vocab_size: int | None = None,
-    val_fraction: float = 0.05,
-    text_field: str = "text",
+    val_fraction: float = corpus.VAL_FRACTION,
+    text_field: str = corpus.TEXT_FIELD,
     console=None,
     force: bool = False,
 ) -> Dataset:
@@ -134,7 +132,7 @@ def prepare(
         inputs.update(d.name.encode() + b"\0" + d.split.encode() + b"\0" + hashlib.sha256(d.text.encode()).digest())
     inputs_sha = inputs.hexdigest()
 
-    if not force and (out / "manifest.json").exists():
+    if not force and (out / MANIFEST_NAME).exists():
         ds = Dataset(out)
         if ds.manifest.get("inputs_sha256") == inputs_sha:
             if console:
@@ -189,7 +187,7 @@ def prepare(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         manifest["hash"] = manifest_hash(manifest)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -213,15 +211,15 @@ def find_dataset(data_dir: str | Path | None = None, source: str = "stdlib", voc
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     if not data_dir.exists():
         raise DatasetError(f"data dir {data_dir} does not exist (run `evo prepare` or pass --data-dir)")
-    if (data_dir / "manifest.json").exists():
+    if (data_dir / MANIFEST_NAME).exists():
         return Dataset(data_dir)
     if vocab_size:
         return Dataset(data_dir / dataset_name(source, vocab_size))
-    candidates = sorted(data_dir.glob(f"{source}-v*/manifest.json"))
+    candidates = sorted(data_dir.glob(f"{source}-v*/{MANIFEST_NAME}"))
     if candidates:
-        preferred = data_dir / dataset_name(source, default_vocab_size()) / "manifest.json"
+        preferred = data_dir / dataset_name(source, default_vocab_size()) / MANIFEST_NAME
         return Dataset((preferred if preferred in candidates else candidates[0]).parent)
-    others = sorted(p.parent for p in data_dir.glob("[!.]*/manifest.json"))
+    others = sorted(p.parent for p in data_dir.glob(f"[!.]*/{MANIFEST_NAME}"))
     if len(others) == 1:
         return Dataset(others[0])
     if others:

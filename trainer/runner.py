@@ -34,8 +34,15 @@ from pathlib import Path
 from trainer import forkserver
 from trainer.outcomes import CANCELLED, classify
 from trainer.sandbox import Sandbox, resolve as resolve_sandbox
-from trainer.trial_config import (ARTIFACT_NAME, CONFIG_ENV, REPORT_NAME, EvalPlan, TrialConfig, eval_plan,
-                                  handover_allowance)
+from trainer.trial_config import (
+    ARTIFACT_NAME,
+    CONFIG_ENV,
+    REPORT_NAME,
+    EvalPlan,
+    TrialConfig,
+    eval_plan,
+    handover_allowance,
+)
 
 STDERR_TAIL_CHARS = 3000
 

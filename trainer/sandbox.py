@@ -31,10 +31,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.dataset import MANIFEST_NAME
+
 MODES = ("auto", "strict", "off")
 ROOT = Path(__file__).resolve().parent.parent  # the project: hidden; only trainer/ is shown
 TRAINER_DIR = ROOT / "trainer"
-TRAIN_FILES = ("manifest.json", "tokenizer.json", "train.bin", "token_bytes.npy")
+TRAIN_FILES = (MANIFEST_NAME, "tokenizer.json", "train.bin", "token_bytes.npy")
 _SYSTEM_DIRS = ("/usr", "/etc", "/sys")
 _SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
@@ -132,7 +134,7 @@ def _hide_val_sources(data_dir: Path, shown: list[str]) -> list[str]:
     (the stdlib corpus's are in the Python installation), and their compiled caches: each shows
     as an empty file."""
     try:
-        sources = json.loads((data_dir / "manifest.json").read_text()).get("val_sources") or []
+        sources = json.loads((data_dir / MANIFEST_NAME).read_text()).get("val_sources") or []
     except (OSError, ValueError):
         return []
     args: list[str] = []

@@ -11,10 +11,13 @@ from dataclasses import dataclass
 CONFIG_ENV = "EVO_TRIAL_CONFIG"
 ARTIFACT_NAME = "model.evo"  # the hand-over: graph + weights (trainer.artifact)
 REPORT_NAME = "trainer.json"  # what the trainer says about itself: shown, never trusted as a score
+# Training seconds per trial unless told otherwise (`evo trial`, `evo run`, a standalone `python train.py`).
+CPU_BUDGET = 6.0  # the README's main job (`evo run --population 16 --generations 1`) is timed at this
+GPU_BUDGET = 300.0  # autoresearch's
 
 
 def default_budget(device: str) -> float:
-    return 300.0 if device.startswith("cuda") else 10.0
+    return GPU_BUDGET if device.startswith("cuda") else CPU_BUDGET
 
 
 def handover_allowance(budget: float, cuda: bool) -> float:
@@ -65,7 +68,7 @@ class TrialConfig:
     report_path: str | None = None
     seed: int = 0
     device: str = "auto"
-    budget: float = 10.0
+    budget: float = CPU_BUDGET
     warmup_steps: int | None = None  # None: 3 on CUDA (compilation), 1 on CPU
     eval_tokens: int | None = None  # None: 20,971,520 on CUDA (autoresearch), 32,768 on CPU
     eval_seq_len: int | None = None  # None: 2048 on CUDA, 128 on CPU

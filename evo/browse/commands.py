@@ -14,15 +14,7 @@ from pathlib import Path
 import click
 
 from evo.errors import EvoError
-
-
-def _db_option(f):
-    return click.option("--db", default="archive.db", show_default=True, metavar="PATH|URL",
-                        help="The archive: an SQLite file or a SQLAlchemy URL.")(f)
-
-
-def _run_option(f):
-    return click.option("--run", "run_name", default=None, metavar="NAME", help="Run name or id [the latest run].")(f)
+from evo.options import archive_option, run_option
 
 
 def _console():
@@ -32,7 +24,7 @@ def _console():
 
 
 @click.command()
-@_db_option
+@archive_option
 def runs(db):
     """List the archive's runs: start date, trials, best val_bpb, cells filled."""
     from evo.browse import data, tables
@@ -45,8 +37,8 @@ def runs(db):
 
 
 @click.command()
-@_db_option
-@_run_option
+@archive_option
+@run_option
 def elites(db, run_name):
     """One row per archive cell: its best variant, scored over n trials."""
     from evo.browse import data, tables
@@ -63,7 +55,7 @@ def elites(db, run_name):
 
 @click.command()
 @click.argument("ref", metavar="ID")
-@_db_option
+@archive_option
 def show(ref, db):
     """One variant: scores, trials, hypothesis, parents, and the diff against each parent.
 
@@ -92,7 +84,7 @@ def show(ref, db):
 
 @click.command()
 @click.argument("ref", metavar="ID")
-@_db_option
+@archive_option
 def lineage(ref, db):
     """A variant's ancestry back to its seed, each step with its hypothesis and Δval_bpb."""
     from evo.browse import data, tables
@@ -107,7 +99,7 @@ def lineage(ref, db):
 @click.command("diff")
 @click.argument("a", metavar="A")
 @click.argument("b", metavar="B")
-@_db_option
+@archive_option
 def diff_command(a, b, db):
     """The unified diff from variant A's train.py to B's (a plain patch when piped)."""
     from evo.browse import data, tables
@@ -128,8 +120,8 @@ def diff_command(a, b, db):
               help="Write the variant's train.py here [stdout].")
 @click.option("--results-tsv", type=click.Path(dir_okay=False, allow_dash=True), default=None, metavar="FILE",
               help="Instead: write the run's trials as autoresearch's results.tsv ('-' for stdout).")
-@_db_option
-@_run_option
+@archive_option
+@run_option
 def export(ref, output, results_tsv, db, run_name):
     """A variant's source, ready to run alone (`evo trial train.py`), or the run as results.tsv."""
     from evo.browse import data, fmt
@@ -160,8 +152,8 @@ def export(ref, output, results_tsv, db, run_name):
 
 
 @click.command()
-@_db_option
-@_run_option
+@archive_option
+@run_option
 @click.option("-o", "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default=True, help="Where to write progress.{png,svg} and heatmap.{png,svg}.")
 def plot(db, run_name, out_dir):
@@ -184,7 +176,7 @@ def plot(db, run_name, out_dir):
 
 
 @click.command()
-@_db_option
+@archive_option
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="Port on 127.0.0.1 (0: any free port).")
 def ui(db, port):
@@ -194,6 +186,4 @@ def ui(db, port):
     serve(db, port)
 
 
-def add_browse_commands(main: click.Group) -> None:
-    for command in (runs, elites, show, lineage, diff_command, export, plot, ui):
-        main.add_command(command)
+BROWSE_COMMANDS = (runs, elites, show, lineage, diff_command, export, plot, ui)

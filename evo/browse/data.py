@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from population.mapelites import Grid, replaces
-from population.models import Individual, Run
-from population.store import ArchiveError, Store
-
 from evo.browse.fmt import label
+from population.mapelites import Grid, replaces
+from population.records import Individual, Run
+from population.store import ArchiveError, Store
 
 # The individual columns the whole-run views and lineages read: no more (each costs 10,000
 # values to decode), and never the source.
@@ -217,9 +216,3 @@ def diff(a: Individual, b: Individual) -> str:
         (a.source or "").splitlines(), (b.source or "").splitlines(),
         fromfile=f"a/train.py ({label(a)})", tofile=f"b/train.py ({label(b)})", lineterm="",
     ))
-
-
-def parent_diffs(store: Store, ind: Individual) -> list[tuple[Individual, str]]:
-    """What the operator changed: the diff from each parent (one for a mutation, two for a
-    crossover, none for a seed)."""
-    return [(parent, diff(parent, ind)) for parent in (store.get_individual(p) for p in ind.parents)]

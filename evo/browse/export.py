@@ -11,10 +11,9 @@ from __future__ import annotations
 import csv
 import io
 
-from population.models import Run
-from population.store import Store
-
 from evo.browse import data
+from population.records import Run
+from population.store import Store
 
 HEADER = ("commit", "val_bpb", "memory_gb", "status", "description")
 

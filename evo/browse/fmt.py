@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from population.models import Individual
+from population.records import Individual
 
 SHORT = 8
 

@@ -12,14 +12,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patheffects import withStroke  # noqa: E402
 import numpy as np  # noqa: E402
-
-from population.mapelites import Dim, Grid  # noqa: E402
-from population.models import Elite, Individual, Run  # noqa: E402
+from matplotlib.patheffects import withStroke  # noqa: E402
 
 from evo.browse import fmt  # noqa: E402
 from evo.browse.data import History  # noqa: E402
+from population.mapelites import Dim, Grid  # noqa: E402
+from population.records import Elite, Individual, Run  # noqa: E402
 
 # Beyond this many, only the largest improvements get a caption: the others still get a marker.
 MAX_CAPTIONS = 14

@@ -13,11 +13,10 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from population.mapelites import Grid
-from population.models import Elite, Individual, Run, Trial
-
 from evo.browse import fmt
 from evo.browse.data import RunSummary, Step
+from population.mapelites import Grid
+from population.records import Elite, Individual, Run, Trial
 
 # The default grid's descriptors: always shown as columns, since they say what kind of model it is.
 SIZE_COLUMNS = ("params", "tokens")

@@ -27,10 +27,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import click
 
-from population.store import ArchiveError, Store
-
 from evo.browse import data, fmt
 from evo.errors import EvoError
+from population.store import ArchiveError, Store
 
 STATIC = Path(__file__).parent / "static"
 FILES = {"/": "index.html", "/static/app.js": "app.js", "/static/style.css": "style.css"}

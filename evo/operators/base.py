@@ -21,7 +21,7 @@ class ParentInfo:
     hypothesis: str = ""
     operator: str = ""
     val_bpb: float | None = None  # mean over its ok trials; None when it has none
-    n_trials: int = 0
+    n_ok: int = 0  # the ok trials that mean rests on
     cell: tuple[int, ...] | None = None
     commit: str | None = None
     trials: list[dict] = field(default_factory=list)  # TrialResult.to_dict() rows
@@ -55,7 +55,22 @@ class Proposal:
 
 
 class Operator(Protocol):
+    """What the engine needs of an operator. The two verbs run in proposal threads, several at
+    once; the three states are read by the coordinator between proposals."""
+
     name: str
+
+    @property
+    def exhausted(self) -> bool:
+        """No more proposals because a budget is spent: the run trains what it has and ends."""
+
+    @property
+    def broken(self) -> str | None:
+        """Why proposing stopped for good (the API keeps failing): the run stops with this."""
+
+    @property
+    def spent_usd(self) -> float | None:
+        """What the run's calls cost so far; None for an operator that costs nothing."""
 
     def mutate(self, parent: ParentInfo, ctx: ArchiveContext, rng: random.Random) -> Proposal: ...
 

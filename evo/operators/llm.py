@@ -7,7 +7,8 @@ end. API failures that survive the SDK's own retries become rejected proposals t
 never sees an exception from here.
 
 The engine calls one operator from several threads so that children are ready before a worker
-frees; the only shared state is the dollar budget, guarded by a condition variable.
+frees; the shared state is the dollar budget, guarded by a condition variable, and the circuit
+breaker that stops an operator whose every call fails (a revoked key, no network).
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from pathlib import Path
 
 import anthropic
 
+from evo.defaults import LLM_MAX_RETRIES, LLM_TIMEOUT, PROGRAM_PATH
 from evo.operators.base import ArchiveContext, ParentInfo, Proposal
 from evo.operators.edits import ANSWER_FORMAT, EditError, apply_answer, merge3, parse_answer
 from evo.operators.validate import SYNTAX_ERROR_PREFIX, validate_child
 
 DEFAULT_MODEL = "claude-sonnet-4-6"
 CHARS_PER_TOKEN = 4  # a rough estimate is enough to fit a prompt and reserve budget
-_PROGRAM_PATH = Path(__file__).resolve().parents[2] / "program.md"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,6 +117,34 @@ class _Budget:
             return f"the LLM budget of ${self.max:.2f} is spent (${self.spent:.4f} used)"
 
 
+class _Breaker:
+    """Opens after `limit` proposals in a row end on an API error the SDK did not retry away.
+
+    A run whose every call fails would otherwise propose (and record a rejection) forever. Rate
+    limits, overload and timeouts were already retried with backoff by the SDK; what reaches here
+    is a refused key, a bad request, an unreachable host. A proposal that got any answer (even one
+    that was then rejected) closes the count; one that made no call (a clean merge) leaves it.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.reason: str | None = None
+        self._in_a_row = 0
+        self._lock = threading.Lock()
+
+    def note(self, proposal: Proposal) -> None:
+        calls = proposal.llm_calls
+        if not calls:
+            return
+        with self._lock:
+            if calls[-1].get("outcome") != "api_error":
+                self._in_a_row = 0
+                return
+            self._in_a_row += 1
+            if self._in_a_row >= self.limit and self.reason is None:
+                self.reason = f"the LLM failed {self._in_a_row} proposals in a row ({proposal.rejected})"
+
+
 # ---------------------------------------------------------------------------------------------
 # The operator
 # ---------------------------------------------------------------------------------------------
@@ -140,17 +169,20 @@ class LLMOperator:
         max_dollars: float | None = None,
         base_url: str | None = None,
         api_key: str | None = None,
-        timeout: float = 300.0,
-        max_retries: int = 4,
+        timeout: float = LLM_TIMEOUT,
+        max_retries: int = LLM_MAX_RETRIES,
         prompt_token_budget: int = 30_000,
         seed_source: str | None = None,
         spent_usd: float = 0.0,
+        failure_limit: int = 8,
     ):
         """`api_key` comes from the caller (who reads the environment); it is sent to the API and
         scrubbed from every error text this operator produces. `seed_source` is the run's
         starting train.py, part of the cached prompt prefix; by default the packaged seed.
         `spent_usd` is what the run already spent (a resumed run's calls count against
-        `max_dollars` too). `temperature` is sent only when given: the current SDK has no sampling parameters, so it
+        `max_dollars` too). After `failure_limit` proposals in a row fail on the API, `broken`
+        says why and the engine stops (the caller sizes it to the proposals that can be in flight
+        at once, which all fail together when a key is revoked). `temperature` is sent only when given: the current SDK has no sampling parameters, so it
         travels in the request body for models and gateways that still accept it."""
         self.model = model
         self.temperature = temperature
@@ -159,13 +191,19 @@ class LLMOperator:
         self._secret = api_key or ""
         self._client = anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=max_retries, timeout=timeout)
         self._budget = _Budget(max_dollars, spent_usd)
+        self._breaker = _Breaker(failure_limit)
         self._seed_source = seed_source if seed_source is not None else _packaged_seed()
-        self._default_program = _PROGRAM_PATH.read_text(encoding="utf-8") if _PROGRAM_PATH.exists() else ""
+        self._default_program = PROGRAM_PATH.read_text(encoding="utf-8") if PROGRAM_PATH.exists() else ""
 
     @property
     def exhausted(self) -> bool:
         """True once the dollar budget allows no further call."""
         return self._budget.exhausted
+
+    @property
+    def broken(self) -> str | None:
+        """Why this operator stopped proposing for good (see `_Breaker`), or None."""
+        return self._breaker.reason
 
     @property
     def spent_usd(self) -> float:
@@ -198,6 +236,12 @@ class LLMOperator:
     # -- one proposal: an answer, maybe one repair -----------------------------------------
 
     def _evolve(self, role: str, parents: list[int], base: str, prompt: str, ctx: ArchiveContext) -> Proposal:
+        proposal = self._answer_and_repair(role, parents, base, prompt, ctx)
+        self._breaker.note(proposal)
+        return proposal
+
+    def _answer_and_repair(self, role: str, parents: list[int], base: str, prompt: str,
+                           ctx: ArchiveContext) -> Proposal:
         system = self._system(ctx)
         messages: list[dict] = [{"role": "user", "content": prompt}]
         calls: list[dict] = []
@@ -439,7 +483,7 @@ def _crossover_prompt(a: ParentInfo, b: ParentInfo, ancestor: str | None, confli
 
 
 def _describe(p: ParentInfo) -> str:
-    score = f"val_bpb {p.val_bpb:.4f} over {p.n_trials} trial(s)" if p.val_bpb is not None else "no score yet"
+    score = f"val_bpb {p.val_bpb:.4f} over {p.n_ok} successful trial(s)" if p.val_bpb is not None else "no score yet"
     cell = f", cell {p.cell}" if p.cell is not None else ""
     return f"#{p.id} ({score}{cell}): {p.hypothesis or 'no hypothesis'}"
 

@@ -271,7 +271,9 @@ class OfflineOperator:
     """Hyperparameter mutation and crossover for the device the trials run on."""
 
     name = "offline"
-    exhausted = False  # never runs out; the LLM operator's budget flag, for a uniform engine loop
+    exhausted = False  # never runs out of budget
+    broken = None  # and never fails for outside reasons
+    spent_usd = None  # costs nothing
 
     def __init__(self, device_kind: str = "cpu"):
         if device_kind not in ("cpu", "cuda"):

@@ -1,0 +1,189 @@
+"""Opening an archive: which database a path or URL names, whether it may be written, and
+whether it is an evo archive of the schema this code reads.
+
+An archive is only ever created in a missing or empty file: anything else that is not already
+an evo archive is refused before a single byte is written to it (the checks read the file with
+the `sqlite3` module in read-only mode before SQLAlchemy connects, because a connection with
+the writer's pragmas would switch a foreign file to WAL). A new archive gets its tables and its
+`schema_version`; an existing one must carry the version this code reads.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from sqlalchemy import URL, Engine, create_engine, event, inspect, select
+from sqlalchemy.engine import make_url
+
+from population.errors import ArchiveError
+from population.gitstore import GitStore
+from population.models import SCHEMA_VERSION, Base, Individual, Meta
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+SQLITE_PRAGMAS = ("PRAGMA busy_timeout = 30000", "PRAGMA foreign_keys = ON")
+# WAL + synchronous=NORMAL: commits without fsync, safe against a crash of evo itself (a power
+# cut may lose the last few trials, which resume re-runs). WAL also lets readers (the web UI,
+# `evo show` in a second terminal) run beside the writer without blocking either side.
+SQLITE_WRITER_PRAGMAS = ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL")
+
+
+@dataclass(frozen=True)
+class OpenedArchive:
+    engine: Engine
+    name: str  # how the archive is named in messages: the path or URL as given (password hidden)
+    git: GitStore | None
+    readonly: bool
+
+
+def open_archive(
+    path_or_url: str | Path, *, create: bool, readonly: bool, git_dir: str | Path | None
+) -> OpenedArchive:
+    """A plain path is an SQLite file, anything with `://` a SQLAlchemy URL (see `Store.open`)."""
+    if create and readonly:
+        raise ValueError("an archive cannot be created read-only")
+    target = str(path_or_url)
+    if "://" in target:
+        url = make_url(target)
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            return _open_url(url, create=create, readonly=readonly, git_dir=git_dir)
+        target = url.database
+    return _open_sqlite(target, create=create, readonly=readonly, git_dir=git_dir)
+
+
+def _open_sqlite(shown: str, *, create: bool, readonly: bool, git_dir: str | Path | None) -> OpenedArchive:
+    path = Path(shown).expanduser()
+    state = _sqlite_state(path, shown)
+    if state == "missing" and not create:
+        raise ArchiveError(f"archive not found: {shown} (run `evo run` to create one, or pass --db)")
+    if state == "empty" and not create:
+        raise ArchiveError(f"{shown} is an empty file, not an evo archive")
+    if state == "missing":
+        path.parent.mkdir(parents=True, exist_ok=True)
+    engine = _sqlite_engine(path, readonly)
+    git_path = Path(git_dir) if git_dir is not None else path.with_suffix(".git")
+    return _finish(engine, shown, state == "archive", readonly, git_path)
+
+
+def _open_url(url: URL, *, create: bool, readonly: bool, git_dir: str | Path | None) -> OpenedArchive:
+    shown = url.render_as_string(hide_password=True)
+    engine = create_engine(url)
+    tables = set(inspect(engine).get_table_names())
+    if tables and Meta.__tablename__ not in tables:
+        engine.dispose()
+        raise ArchiveError(f"{shown} holds other tables but no evo archive; nothing was written")
+    if not tables and not create:
+        engine.dispose()
+        raise ArchiveError(f"archive not found: {shown} (run `evo run` to create one, or pass --db)")
+    if git_dir is None and not readonly:
+        engine.dispose()
+        raise ArchiveError(f"{shown} is a database server: pass git_dir (where the variants' git repository lives)")
+    git_path = Path(git_dir) if git_dir is not None else None
+    return _finish(engine, shown, bool(tables), readonly, git_path)
+
+
+def _finish(engine: Engine, shown: str, exists: bool, readonly: bool, git_path: Path | None) -> OpenedArchive:
+    try:
+        if exists:
+            _check_schema(engine, shown)
+        git = _open_git(engine, shown, readonly, git_path, exists)
+        if not exists:
+            with engine.begin() as conn:
+                Base.metadata.create_all(conn)
+                conn.execute(Meta.__table__.insert(), {"key": "schema_version", "value": str(SCHEMA_VERSION)})
+    except BaseException:
+        engine.dispose()
+        raise
+    return OpenedArchive(engine, shown, git, readonly)
+
+
+def _sqlite_state(path: Path, shown: str) -> str:
+    """"missing", "empty" or "archive"; raises for anything else. Reads, never writes: the
+    check runs before any connection that could switch a foreign file to WAL or add tables."""
+    if not path.exists():
+        return "missing"
+    if not path.is_file():
+        raise ArchiveError(f"{shown} is not a file, so not an evo archive")
+    with path.open("rb") as f:
+        header = f.read(len(SQLITE_HEADER))
+    if not header:
+        return "empty"
+    if header != SQLITE_HEADER:
+        raise ArchiveError(f"{shown} is not an evo archive (not an SQLite database)")
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        raise ArchiveError(f"{shown} is not a readable SQLite database ({e})") from None
+    if not tables:
+        return "empty"
+    if Meta.__tablename__ not in tables:
+        raise ArchiveError(f"{shown} is an SQLite database but not an evo archive; nothing was written to it")
+    return "archive"
+
+
+def _sqlite_engine(path: Path, readonly: bool) -> Engine:
+    """Every write starts with `BEGIN IMMEDIATE` (the store marks its write sessions with the
+    `evo_write` execution option), so a write never fails half-way on a lock upgrade."""
+    if readonly:
+        target, uri = f"file:{quote(str(path.resolve()))}?mode=ro", True
+    else:
+        target, uri = str(path), False
+    engine = create_engine(
+        URL.create("sqlite+pysqlite", database=str(path)),
+        # isolation_level=None: the driver's own implicit BEGINs are off; `_begin` emits ours
+        creator=lambda: sqlite3.connect(target, uri=uri, check_same_thread=False, isolation_level=None),
+    )
+    pragmas = SQLITE_PRAGMAS if readonly else SQLITE_PRAGMAS + SQLITE_WRITER_PRAGMAS
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+        for pragma in pragmas:
+            dbapi_conn.execute(pragma)
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        write = conn.get_execution_options().get("evo_write")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+def _check_schema(engine: Engine, shown: str) -> None:
+    with engine.connect() as conn:
+        version = conn.scalar(select(Meta.value).where(Meta.key == "schema_version"))
+    if version != str(SCHEMA_VERSION):
+        raise ArchiveError(
+            f"{shown} has archive schema version {version}; this evo reads version {SCHEMA_VERSION}"
+        )
+
+
+def _open_git(
+    engine: Engine, shown: str, readonly: bool, git_path: Path | None, exists: bool
+) -> GitStore | None:
+    """The archive's git store. A writer refuses to start a fresh repository when the archive
+    already has commits: those live in the old one, and new commits could not name their
+    parents (the repository was probably left behind when the archive file was copied)."""
+    if git_path is None:
+        return None
+    if not (git_path / "objects").is_dir():
+        if readonly:
+            return None
+        if git_path.exists() and any(git_path.iterdir()):
+            raise ArchiveError(f"{git_path} exists but is not a git repository; refusing to write into it")
+        if exists and _has_commits(engine):
+            raise ArchiveError(
+                f"git store {git_path} not found, but {shown} records commits in it (copy it along, or pass git_dir)"
+            )
+    return GitStore(git_path)
+
+
+def _has_commits(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        return conn.scalar(select(Individual.id).where(Individual.commit.is_not(None)).limit(1)) is not None
