@@ -341,10 +341,9 @@ class Engine:
 
     def _fill_proposals(self) -> None:
         if self._no_more_proposals():
-            if self.operator.broken and not self._told_broken:
-                self._told_broken = True
-                self.reporter.message(f"{self.operator.broken}: no new trials; stopping once those in flight finish")
-            elif not self.operator.broken and not self._told_exhausted:
+            if self.operator.broken:
+                self._tell_broken()
+            elif not self._told_exhausted:
                 self._told_exhausted = True
                 self.reporter.message("the LLM budget is spent: no new children; training those already made")
             return
@@ -375,7 +374,11 @@ class Engine:
             self.ready.append((recorded.individual.id, generation))
         else:
             self.reporter.message(f"rejected ({proposal.operator}): {recorded.rejected}")
-        if self.operator.broken and not self._told_broken:
+        if self.operator.broken:
+            self._tell_broken()
+
+    def _tell_broken(self) -> None:
+        if not self._told_broken:
             self._told_broken = True
             self.reporter.message(f"{self.operator.broken}: no new trials; stopping once those in flight finish")
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from evo.bootstrap import seed_individuals
 from evo.config import RunConfig
-from evo.defaults import SEED_OPERATORS
 from evo.operators.base import ArchiveContext, Operator, ParentInfo, Proposal
 from evo.selection import select_pair, select_parents
 from population.elites import EliteArchive
@@ -59,7 +59,7 @@ class Proposer:
     def _elite_pool(self) -> list[tuple[int, str | None, float]]:
         pool = [(i.id, e.cell, i.val_bpb_mean) for e, i in self.store.elites(self.run.id) if i.val_bpb_mean is not None]
         if not pool:  # bootstrap (or the moment after it, before the seeds are placed): the seeds are the parents
-            seeds = [i for i in self.store.individuals(self.run.id, generation=0) if i.operator in SEED_OPERATORS]
+            seeds = seed_individuals(self.store, self.run.id)
             pool = [(i.id, None, i.val_bpb_mean if i.val_bpb_mean is not None else 0.0) for i in seeds]
         return pool
 

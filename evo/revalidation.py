@@ -35,8 +35,7 @@ class Revalidation:
 
     def rechallenge(self, archive: EliteArchive, elite: Individual) -> None:
         """A re-train moved an elite's mean; let the best rival in its cell challenge it again."""
-        rivals = self.store.individuals(self.run_id, cell=elite.cell, order="val_bpb", limit=2)
-        rival = next((r for r in rivals if r.id != elite.id and r.n_ok), None)
+        rival = self.store.best_in_cell(self.run_id, elite.cell, excluding=elite.id)
         if rival is not None:
             archive.add(rival.id)
 

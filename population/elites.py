@@ -2,7 +2,7 @@
 it takes its cell from the elite there.
 
 This is the policy over the dumb storage (`population.store`), as pyribs keeps the replace rule
-in `GridArchive.add` and Optuna its in `study/_tell.py`: `EliteArchive.add` reads the
+in `GridArchive.add` and Optuna keeps its in `study/_tell.py`: `EliteArchive.add` reads the
 individual and the cell's elite, applies the noise-aware replace rule (`mapelites.replaces`)
 and writes the outcome, all in one store transaction, and returns what happened to the
 newcomer as an `AddResult`. Git follows every change: `refs/elites/<run>/<cell>` per cell and
@@ -50,7 +50,6 @@ class EliteArchive:
         self.run_id = run_id
         self.grid = grid
         self.noise_sd = noise_sd
-        self._branch_at: str | None = None  # where the run's branch points, to skip rewrites
 
     def __repr__(self) -> str:
         return f"EliteArchive(run {self.run_id}, {self.grid.n_cells} cells, noise_sd={self.noise_sd})"
@@ -115,6 +114,5 @@ class EliteArchive:
         if self.store.git is None:
             return
         best = self.store.best_elite_commit(self.run_id)
-        if best and self._branch_at != best:
+        if best:
             self.store.git.set_ref(branch_ref(self.store.run_name(self.run_id)), best)
-            self._branch_at = best

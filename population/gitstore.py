@@ -57,6 +57,7 @@ class GitStore:
             Repo.init(self.path, bare=True, mkdir=True)
         self.repo = Repo(self.path)
         self._lock = threading.Lock()
+        self._written: dict[str, str] = {}  # refs this store set, and to what: an unchanged one is not rewritten
 
     def __repr__(self) -> str:
         return f"GitStore({str(self.path)!r})"
@@ -114,7 +115,10 @@ class GitStore:
         which git prefers over any packed value."""
         if not name.startswith("refs/") or ".." in name or not _SHA.fullmatch(sha):
             raise ValueError(f"bad ref update {name!r} -> {sha!r}")
+        if self._written.get(name) == sha:
+            return
         self._write_file(self.path / name, sha + "\n")
+        self._written[name] = sha
 
     def set_head(self, ref: str) -> None:
         """Point HEAD at branch `ref` (e.g. `refs/heads/run1`), so that `git log` and `git show`
@@ -136,6 +140,7 @@ class GitStore:
         """Remove a ref (loose or packed). Rare (an elite moving cells), so `git` does it."""
         with self._lock:
             self.repo.git.update_ref("-d", name)
+            self._written.pop(name, None)
 
     def source_at(self, sha: str) -> str:
         """The `train.py` of commit `sha`."""

@@ -158,7 +158,7 @@ def main(argv=None) -> int:
         run = store.create_run("bench", cfg.to_dict(), dataset.hash, "")
         store.add_individual(run.id, SEED, [], "seed", "seed", generation=0)
         operator = LLMOperator(api_key="bench-key", base_url=server.url, timeout=args.latency * 3 + 60, max_retries=0,
-                               seed_source=SEED)
+                               seed_source=SEED, failure_limit=cfg.llm_failure_limit(args.workers))
         executor = LocalExecutor(local_slots("cpu", args.workers))
         t0 = time.monotonic()
         engine = Engine(store, run, cfg, operator, executor, Log(t0))

@@ -120,3 +120,19 @@ def test_add_is_one_transaction(store, run):
     with pytest.raises(Boom):
         archive.add(ind.id)
     assert store.get_individual(ind.id).cell is None and store.elites(run.id) == []
+
+
+def test_two_archives_of_one_run_keep_its_branch_on_the_best_elite(store, run):
+    """Each add moves the branch to the run's best elite, whichever archive object made the
+    last move (no archive may trust its own memory of where the branch points)."""
+    first, second = EliteArchive(store, run.id, GRID, None), EliteArchive(store, run.id, GRID, None)
+    a = trained(store, run, "x = 1\n", 1.0, params=2_000)
+    b = trained(store, run, "x = 2\n", 0.9, params=2_000_000)
+    first.add(a.id)
+    assert refs(store, "r1") == [a.commit]
+    second.add(b.id)
+    assert refs(store, "r1") == [b.commit]
+    # b's second seed is much worse: its mean (1.2) falls behind a, and the branch goes back to a
+    store.finish_trial(store.start_trial(b.id, 1).id, result(1.5, params=2_000_000))
+    assert first.add(b.id).status is AddStatus.HELD
+    assert refs(store, "r1") == [a.commit]

@@ -24,12 +24,12 @@ class ParentInfo:
     n_ok: int = 0  # the ok trials that mean rests on
     cell: tuple[int, ...] | None = None
     commit: str | None = None
-    trials: list[dict] = field(default_factory=list)  # TrialResult.to_dict() rows
+    trials: list[dict] = field(default_factory=list)  # finished trials: evo.proposer.PROMPT_TRIAL_FIELDS
 
 
 @dataclass
 class ArchiveContext:
-    """What the archive has learned, chosen by the engine for a prompt."""
+    """What the archive has learned, chosen by the proposer for a prompt."""
 
     program: str = ""  # the research program text (program.md)
     elites: list[ParentInfo] = field(default_factory=list)  # best first
