@@ -15,6 +15,7 @@ import click
 from evo.browse.commands import BROWSE_COMMANDS
 from evo.datasets import resolve_dataset
 from evo.defaults import CPU_BUDGET, GPU_BUDGET
+from evo.migrate_command import migrate
 from evo.options import DEVICE_HELP, console, data_dir_option, positive, sandbox_choice
 from evo.run_command import run
 from trainer.corpus import TEXT_FIELD, VAL_FRACTION, CorpusError
@@ -37,6 +38,14 @@ class EvoGroup(click.Group):
             raise  # click's own (--help, a bad flag): nothing to translate, nor to import the archive for
         except _user_errors() as e:
             raise click.ClickException(str(e)) from None
+        except Exception as e:  # the archive's file damaged where opening it did not read
+            import sqlalchemy.exc
+
+            if not isinstance(e, sqlalchemy.exc.DatabaseError) or isinstance(e, sqlalchemy.exc.IntegrityError):
+                raise
+            from population.opening import damaged
+
+            raise click.ClickException(damaged("the archive", e)) from None
 
 
 @click.group(cls=EvoGroup)
@@ -110,6 +119,7 @@ def trial(path, budget, seed, device, data_dir, keep_dir, sandbox):
 
 
 main.add_command(run)
+main.add_command(migrate)
 for command in BROWSE_COMMANDS:
     main.add_command(command)
 

@@ -10,7 +10,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from evo.defaults import CHAMPION_SEEDS, CPU_BUDGET, NOISE_SEEDS, POPULATION, TOP
+from evo.defaults import CHAMPION_SEEDS, CPU_BUDGET, MAX_PROPOSALS_PER_CHILD, NOISE_SEEDS, POPULATION, TOP
 from evo.errors import EvoError
 
 # Trial measurements that can serve as behaviour descriptors (positive, so log scales work).
@@ -44,6 +44,7 @@ class RunConfig:
     llm_temperature: float | None = None  # sent only when set
     llm_timeout: float | None = None  # seconds per API request [the operator's default, LLM_TIMEOUT]
     llm_max_retries: int | None = None  # SDK retries of 429/529/timeouts/5xx [the operator's default, LLM_MAX_RETRIES]
+    max_proposals_per_child: float = MAX_PROPOSALS_PER_CHILD  # a paid operator that repeats itself stops here
     seed_from: str | None = None
     top: int = TOP
     sandbox: str = "auto"  # auto | strict | off: the OS sandbox around each trial (trainer.sandbox)

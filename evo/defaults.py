@@ -20,8 +20,11 @@ __all__ = [
     "GPU_BUDGET",
     "LLM_MAX_RETRIES",
     "LLM_TIMEOUT",
+    "MAX_PROPOSALS_PER_CHILD",
     "NOISE_SEEDS",
     "POPULATION",
+    "PROPOSAL_BACKOFF_MAX_S",
+    "PROPOSAL_BACKOFF_S",
     "PROGRAM_NAME",
     "PROGRAM_PATH",
     "RUN_NAME_FORMAT",
@@ -50,6 +53,17 @@ POPULATION = 16  # children per generation
 NOISE_SEEDS = 3  # replicate trials of the seed program that measure the noise
 CHAMPION_SEEDS = 3  # trials a champion must have before it is reported as one
 TOP = 8  # with --seed-from: how many of the prior run's elites start the run
+# Proposals a new child may cost, on average over a session, before a paid operator whose last
+# proposals made no child (duplicates among them) stops proposing (`evo.proposer.Pace`). With a
+# model that repeats three fixed edits (tests/support/repeating_model.py) a run at 2 makes 8 LLM
+# calls for 3 trained children (2.7 each) and ends; without the limit it never ended (6,436 calls
+# for 5 children in 4 minutes). A model that makes a new child 4 times in 5 is stopped well
+# under once in a hundred sessions, nearly always in its first proposals.
+MAX_PROPOSALS_PER_CHILD = 2.0
+# The wait before a paid operator's next proposal after n in a row made no child:
+# PROPOSAL_BACKOFF_S * 2**(n-1), at most PROPOSAL_BACKOFF_MAX_S (fewer are in flight, too).
+PROPOSAL_BACKOFF_S = 0.25
+PROPOSAL_BACKOFF_MAX_S = 60.0
 
 # The LLM operator's request defaults (evo.operators.llm), used where the run does not set them.
 LLM_TIMEOUT = 300.0  # seconds per API request

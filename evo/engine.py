@@ -9,7 +9,11 @@ worker finds a child ready instead of waiting for an LLM. The loop:
 2. Generations: the proposer (`evo.proposer`) selects parents and calls the operator, a worker
    trains the child, the elite archive places it. Generation 0 fills the population with mutants
    of the seed(s); each later generation adds `population` children; `evo.generations` records
-   each once its children have trained.
+   each once its children have trained. A paid operator's proposals are paced
+   (`evo.proposer.Pace`): fewer in flight and a growing wait while they make no new child, none
+   once the model plainly repeats itself (the run then trains what it has and ends). Without it
+   nothing bounded them: a generation's attempt cap only opens the next generation, and a trial
+   cap counts trials, which rejected proposals never become.
 3. Re-validation (`evo.revalidation`): promising newcomers, re-trained elites' rivals and the
    champions get trials on new seeds; champions are only reported with `champion_seeds` behind them.
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import queue
 import random
+import sys
 import threading
 import time
 from collections import deque
@@ -34,10 +39,11 @@ from evo.errors import EvoError
 from evo.executors import Executor
 from evo.generations import record_generation
 from evo.operators.base import Operator
-from evo.proposer import Proposer
+from evo.proposer import Pace, Proposer
 from evo.reporting import Reporter, RunStatus
 from evo.revalidation import Revalidation
 from population.elites import AddResult, EliteArchive
+from population.errors import ClaimLost
 from population.records import Run
 from population.store import Store
 from trainer.outcomes import CANCELLED
@@ -124,6 +130,12 @@ class Engine:
         self._recorded_generations = {g.generation for g in store.generations(run.id)}
         self._told_exhausted = False
         self._told_broken = False
+        self._told_repeating = False
+        # A paid operator's proposals are paced; one that costs nothing proposes at full speed.
+        self.pace = Pace(config.max_proposals_per_child if operator.spent_usd is not None else None)
+        self._llm_calls = store.llm_spend(run.id)["calls"] if operator.spent_usd is not None else None
+        self._trained_children = sum(1 for i in store.individuals(run.id)
+                                     if i.n_trials and i.operator not in SEED_OPERATORS)
         self._noise_owed = 0  # bootstrap trials not dispatched yet
         self._status_at = 0.0
 
@@ -141,6 +153,7 @@ class Engine:
                 if not self.inflight and not self.proposing:
                     if self._nothing_left_to_do():
                         break
+                    time.sleep(min(1.0, self.pace.wait_s()))  # a paced proposal is due later
                     continue
                 self._wait_and_collect()
                 self._check_generations()
@@ -154,6 +167,10 @@ class Engine:
                     + (f" (${spent:.4f} of ${self.cfg.max_llm_dollars:g})" if spent is not None
                        and self.cfg.max_llm_dollars else "")
                     + f"; to go on, raise it: {self._resume_command()} --max-llm-dollars N")
+            elif (self.pace.stopped and not self._finished() and self._dispatch_allowed()
+                  and self._open_generation() is not None):
+                self.reporter.message(f"run ended after {self.finished_trials} trials: {self.pace.stopped}; "
+                                      f"to give it another chance (a new allowance): {self._resume_command()}")
             self.store.update_run(self.run_record.id, status="finished")
         except BaseException:
             self._stop_everything()
@@ -179,7 +196,8 @@ class Engine:
                     self._record(task, result)
                     continue
             self.store.delete_trial(task.trial_id)
-        self.store.update_run(self.run_record.id, status="stopped")
+        if not isinstance(sys.exc_info()[1], ClaimLost):  # else another coordinator drives it now
+            self.store.update_run(self.run_record.id, status="stopped")
 
     # ------------------------------------------------------------------ state
 
@@ -237,8 +255,12 @@ class Engine:
         return not self.retrain
 
     def _wait_and_collect(self) -> None:
-        """Wait (at most a second) for trials or proposals to finish, and record them."""
-        done, _ = wait(list(self.inflight) + list(self.proposing), timeout=1.0, return_when=FIRST_COMPLETED)
+        """Wait (at most a second, or until a paced proposal is due) for trials or proposals to
+        finish, and record them."""
+        self.store.heartbeat(self.run_record.id)  # the run's claim: an UPDATE every 15 s, else nothing
+        due = self.pace.wait_s()
+        done, _ = wait(list(self.inflight) + list(self.proposing), timeout=min(1.0, due) if due > 0 else 1.0,
+                       return_when=FIRST_COMPLETED)
         for fut in done:
             if fut in self.inflight:
                 self._trial_finished(fut, self.inflight.pop(fut))
@@ -256,7 +278,8 @@ class Engine:
             run_name=self.run_record.name, finished_trials=self.finished_trials, failed_trials=self.failed_trials,
             in_flight=len(self.inflight), proposing=len(self.proposing), best=best[0] if best else None,
             elites=len(self.store.elites(run_id)) if self.archive else 0,
-            cells=self.archive.grid.n_cells if self.archive else None, elapsed_s=now - self.started))
+            cells=self.archive.grid.n_cells if self.archive else None, elapsed_s=now - self.started,
+            llm_calls=self._llm_calls, trained_children=self._trained_children))
 
     # ------------------------------------------------------------------ bootstrap
 
@@ -326,6 +349,8 @@ class Engine:
         if self.archive is not None:  # bootstrap trials are placed once the grid exists
             added = self.archive.add(task.individual_id)
         ind = self.store.get_individual(task.individual_id, source=False)
+        if ind.n_trials == 1 and ind.operator not in SEED_OPERATORS:
+            self._trained_children += 1
         if added is not None and result.ok and task.individual_id not in self.retrain \
                 and self.revalidation.promising(ind, added):
             self.retrain.append(task.individual_id)
@@ -336,22 +361,27 @@ class Engine:
     # ------------------------------------------------------------------ proposals
 
     def _no_more_proposals(self) -> bool:
-        """The operator's budget is spent, or the API keeps failing."""
-        return self.operator.exhausted or self.operator.broken is not None
+        """The operator's budget is spent, the API keeps failing, or the model repeats itself."""
+        return self.operator.exhausted or self.operator.broken is not None or self.pace.stopped is not None
 
     def _fill_proposals(self) -> None:
         if self._no_more_proposals():
             if self.operator.broken:
                 self._tell_broken()
-            elif not self._told_exhausted:
+            elif self.operator.exhausted and not self._told_exhausted:
                 self._told_exhausted = True
                 self.reporter.message("the LLM budget is spent: no new children; training those already made")
+            elif self.pace.stopped and not self._told_repeating:
+                self._told_repeating = True
+                self.reporter.message(f"{self.pace.stopped}: no new children; training those already made")
             return
         want = self.executor.size + self._proposal_threads
         if self.cfg.trials is not None:  # no paying for children the trial cap will never train
             owed = len(self.inflight) + len(self.retrain) + self._noise_owed
             want = min(want, self.cfg.trials - self.finished_trials - owed)
         while len(self.ready) + len(self.proposing) < want and self._dispatch_allowed():
+            if len(self.proposing) >= self.pace.in_flight(self._proposal_threads) or self.pace.wait_s() > 0:
+                return  # backing off: the last proposals made no new child
             g = self._open_generation()
             if g is None:
                 return
@@ -368,6 +398,9 @@ class Engine:
         except Exception as e:  # an operator bug must not end an overnight run
             proposal, parents = self.proposer.failed(e), []
         recorded = self.proposer.record(proposal, parents, generation)
+        self.pace.note(proposal, recorded.rejected)
+        if self._llm_calls is not None:
+            self._llm_calls += len(proposal.llm_calls)
         if recorded.rejected is None:
             self.sources[recorded.individual.id] = proposal.source
             self._made[generation] = self._made.get(generation, 0) + 1
@@ -387,6 +420,7 @@ class Engine:
         if self.proposing:
             self.reporter.message(f"waiting for {len(self.proposing)} proposal(s) in flight, to record them")
         while self.proposing:
+            self.store.heartbeat(self.run_record.id)
             done, _ = wait(list(self.proposing), timeout=1.0, return_when=FIRST_COMPLETED)
             for fut in done:
                 self._proposal_finished(fut, self.proposing.pop(fut))

@@ -32,6 +32,15 @@ class RunStatus:
     elites: int
     cells: int | None  # None until the bootstrap has measured the seed and built the grid
     elapsed_s: float
+    llm_calls: int | None = None  # the run's LLM calls so far; None for an operator that makes none
+    trained_children: int = 0  # the run's children (not its seeds) with a finished trial
+
+    @property
+    def calls_per_child(self) -> float | None:
+        """LLM calls per trained child so far (None without LLM calls or children)."""
+        if not self.llm_calls or not self.trained_children:
+            return None
+        return self.llm_calls / self.trained_children
 
 
 class Reporter:
@@ -81,7 +90,11 @@ class ConsoleReporter(Reporter):
         best = status.best
         best_s = f"{best.val_bpb_mean:.4f} (#{best.id}, n={best.n_ok})" if best else "-"
         cells = f"{status.elites}/{status.cells}" if status.cells else "-"
+        llm = ""
+        if status.llm_calls is not None:
+            per = status.calls_per_child
+            llm = f" | LLM {status.llm_calls} calls" + (f", {per:.1f}/child" if per is not None else "")
         self.live.update(Text.from_markup(
             f"[bold]{status.run_name}[/] | trials {status.finished_trials} done, {status.failed_trials} failed | "
             f"in flight {status.in_flight} | proposing {status.proposing} | best {best_s} | "
-            f"cells {cells} | {status.elapsed_s / 60:.1f} min"))
+            f"cells {cells}{llm} | {status.elapsed_s / 60:.1f} min"))

@@ -26,7 +26,7 @@ from evo.options import (
     positive_int,
     sandbox_choice,
 )
-from trainer.dataset import MANIFEST_NAME
+from trainer.dataset import MANIFEST_NAME, Dataset
 
 
 def _parse_seed_from(spec: str) -> tuple[Path, str | None]:
@@ -34,8 +34,9 @@ def _parse_seed_from(spec: str) -> tuple[Path, str | None]:
     return Path(path), (run or None)
 
 
-def _seed_sources(cfg: RunConfig, seed_file: Path | None) -> list[tuple[str, str, str]]:
-    """(source, operator, hypothesis) for generation 0's starting programs."""
+def _seed_sources(cfg: RunConfig, seed_file: Path | None, data_hash: str) -> list[tuple[str, str, str]]:
+    """(source, operator, hypothesis) for generation 0's starting programs. A prior run seeds
+    only from the same data: its scores, noise and grid are measurements on its tokens."""
     from population.store import Store
 
     if cfg.seed_from:
@@ -45,6 +46,11 @@ def _seed_sources(cfg: RunConfig, seed_file: Path | None) -> list[tuple[str, str
             run = prior.get_run(run_name) if run_name else prior.latest_run()
             if run is None:
                 raise EvoError(f"{path} has no runs to seed from")
+            if run.data_manifest_hash and run.data_manifest_hash != data_hash:
+                raise EvoError(f"--seed-from {cfg.seed_from}: run '{run.name}' trained on other data (manifest "
+                               f"{run.data_manifest_hash}, this run's is {data_hash}); pass its --data-dir "
+                               f"{run.config.get('dataset_dir') or '(the one it was prepared in)'}, or start from "
+                               f"one of its variants with --seed-file")
             elites = prior.elites(run.id)[: cfg.top]
             if not elites:
                 raise EvoError(f"run '{run.name}' in {path} has no elites to seed from")
@@ -61,6 +67,41 @@ def _seed_sources(cfg: RunConfig, seed_file: Path | None) -> list[tuple[str, str
     except SyntaxError as e:
         raise EvoError(f"seed file {path} is not valid Python (line {e.lineno}: {e.msg})")
     return [(source, defaults.SEED_OPERATOR, f"seed: {path.name}")]
+
+
+# What `--resume` may change: when to stop, how much to spend, where and how safely trials run.
+# Everything else is the experiment, stored with the run; changing it would mix two experiments.
+_RESUMABLE = {"generations", "trials", "hours", "max_llm_dollars", "max_proposals_per_child", "sandbox", "workers"}
+
+
+def _refuse_changes(run, db: Path, flags: dict, **files: Path | None) -> None:
+    """One line naming every flag of `--resume` that would change the run's experiment."""
+    stored = RunConfig.from_dict(run.config)
+    changed = [f"--{k.replace('_', '-')}" for k, v in flags.items()
+               if v is not None and k not in _RESUMABLE and v != getattr(stored, k, v)]
+    changed += [f"--{k.replace('_file', '').replace('_', '-') if k != 'config_file' else 'config'}"
+                for k, v in files.items() if v is not None]
+    if changed:
+        raise EvoError(f"--resume continues run '{run.name}' as it was started; {', '.join(sorted(changed))} would "
+                       f"change it (only {', '.join('--' + k.replace('_', '-') for k in sorted(_RESUMABLE))} may): "
+                       f"start a new run instead, e.g. --seed-from {db}:{run.name}")
+
+
+def _program_text(program: Path | None, operator: str) -> str:
+    """The research program the LLM reads: --program, else the packaged program.md."""
+    path = program or defaults.PROGRAM_PATH
+    if program is not None and not program.is_file():
+        raise EvoError(f"--program {program}: no such file")
+    if not path.is_file():
+        return ""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise EvoError(f"--program {path}: not a readable text file ({type(e).__name__}: {e})") from None
+    if program is not None and operator == "llm" and not text.strip():
+        raise EvoError(f"--program {program} is empty: the LLM would get no research program "
+                       f"(write one, or leave --program out for {defaults.PROGRAM_NAME})")
+    return text
 
 
 def _make_operator(cfg: RunConfig, seed_source: str, spent_usd: float = 0.0):
@@ -112,8 +153,18 @@ def _keep_key_from_trials() -> None:
         ctypes.CDLL(None).prctl(4, 0)  # PR_SET_DUMPABLE
 
 
-def run_command(*, db: Path, name: str | None, resume: bool, config_file: Path | None, seed_file: Path | None,
-                program: Path | None, data_dir: Path | None, console: Console, flags: dict) -> None:
+def run_command(**kwargs) -> None:
+    """`_run_command`, and the run's claim released however it ends: finished, Ctrl-C, an error."""
+    claimed: list = []  # (store, run id) once this process drives a run
+    try:
+        _run_command(claimed=claimed, **kwargs)
+    finally:
+        for store, run_id in claimed:
+            store.release_run(run_id)
+
+
+def _run_command(*, db: Path, name: str | None, resume: bool, config_file: Path | None, seed_file: Path | None,
+                 program: Path | None, data_dir: Path | None, console: Console, flags: dict, claimed: list) -> None:
     import torch
     from rich.live import Live
     from rich.text import Text
@@ -121,6 +172,7 @@ def run_command(*, db: Path, name: str | None, resume: bool, config_file: Path |
     from evo.engine import Engine
     from evo.executors import LocalExecutor, local_slots
     from evo.reporting import ConsoleReporter
+    from population.coordinator import this_process, who
     from population.store import Store
 
     store_exists = db.exists()
@@ -131,6 +183,12 @@ def run_command(*, db: Path, name: str | None, resume: bool, config_file: Path |
         run = store.get_run(name) if name else store.latest_run()
         if run is None:
             raise EvoError(f"nothing to resume: {db} has no runs")
+        _refuse_changes(run, db, flags, seed_file=seed_file, program=program, config_file=config_file,
+                        data_dir=data_dir)
+        stale = store.claim_run(run.id)  # another live `evo run` driving it: one line, nothing written
+        claimed.append((store, run.id))
+        if stale:
+            console.print(f"run '{run.name}' was left claimed by {who(stale)}, which is gone: taking it over")
         if run.status == "finished":
             console.print(f"run '{run.name}' already finished; resuming extends it with the current stop flags")
         cfg = RunConfig.from_dict(run.config)
@@ -156,25 +214,29 @@ def run_command(*, db: Path, name: str | None, resume: bool, config_file: Path |
             cfg.operator = "llm" if os.environ.get("ANTHROPIC_API_KEY") else "offline"
             console.print(f"operator: {cfg.operator}" + ("" if cfg.operator == "llm" else
                           " (no ANTHROPIC_API_KEY set: hyperparameter mutations through the syntax tree)"))
-        program_path = program or defaults.PROGRAM_PATH
-        if program and not program.is_file():
-            raise EvoError(f"--program {program}: no such file")
-        program_text = program_path.read_text() if program_path.is_file() else ""
-        seeds = _seed_sources(cfg, seed_file)
+        program_text = _program_text(program, cfg.operator)
+        dataset = resolve_dataset(data_dir, prepare_if_missing=True)
+        seeds = _seed_sources(cfg, seed_file, dataset.hash)
         seed_text = seeds[0][0]
         operator = _make_operator(cfg, seed_text)  # a missing key fails here, before any write
         _sandbox(cfg, flags, console)  # and --sandbox strict on a machine without one
         store = Store.open(db, create=True)  # refuses a file that is not an archive, writing nothing
         if name and any(r.name == name for r in store.list_runs()):
             raise EvoError(f"run '{name}' already exists in {db} (use --resume to continue it, or another --name)")
-        dataset = resolve_dataset(data_dir, prepare_if_missing=True)
         cfg.dataset_dir = str(dataset.path)
         run = store.create_run(name or time.strftime(defaults.RUN_NAME_FORMAT), cfg.to_dict(), dataset.hash,
-                               program_text)
+                               program_text, coordinator=this_process())
+        claimed.append((store, run.id))
         for source, op, hyp in seeds:
             store.add_individual(run.id, source, [], op, hyp, generation=0)
+    if store.migrated:
+        console.print(f"{db}: migrated from archive schema {store.migrated[0]} to {store.migrated[1]}")
     if not Path(cfg.dataset_dir, MANIFEST_NAME).exists():
         raise EvoError(f"the run's data {cfg.dataset_dir} is gone (run `evo prepare` again)")
+    data = Dataset(cfg.dataset_dir).check()
+    if run.data_manifest_hash and data.hash != run.data_manifest_hash:
+        raise EvoError(f"the run's data {cfg.dataset_dir} changed since it started (manifest {data.hash}, the run's "
+                       f"is {run.data_manifest_hash}); its scores would not compare: start a new run on it")
     store.update_run(run.id, status="running")
     executor = LocalExecutor(local_slots(cfg.device, cfg.workers))
     reporter = ConsoleReporter(console)
@@ -204,6 +266,16 @@ def _print_summary(store, run, console: Console) -> None:
     for ind in best:
         sd = f" ± {ind.val_bpb_sd:.4f}" if ind.n_ok > 1 and ind.val_bpb_sd is not None else ""
         console.print(f"  #{ind.id} val_bpb {ind.val_bpb_mean:.4f}{sd} (n={ind.n_ok}) {ind.hypothesis or ''}")
+    spend = store.llm_spend(run.id)
+    if spend["calls"]:
+        children = [i for i in store.individuals(run.id) if i.operator not in defaults.SEED_OPERATORS]
+        trained = sum(1 for i in children if i.n_trials)
+        rejected = [i.rejected_reason or "" for i in children if i.status == "rejected"]
+        duplicates = sum(1 for r in rejected if r.startswith("duplicate of"))
+        per = f"{spend['calls'] / trained:.1f} LLM calls per trained child" if trained else "no trained child"
+        console.print(f"LLM: {spend['calls']} calls (${spend['cost_usd']:.4f}) for {trained} trained "
+                      f"{'child' if trained == 1 else 'children'}: {per}; {len(rejected)} proposals rejected "
+                      f"({duplicates} duplicates)")
     console.print("browse: evo elites | evo show ID | evo plot | evo ui")
 
 
@@ -239,6 +311,10 @@ def _print_summary(store, run, console: Console) -> None:
 @click.option("--max-llm-dollars", type=float, default=None, callback=positive,
               help="Stop calling the LLM past this spend (the run's total, resumes included; may be raised "
                    "on --resume); the run then trains the children it has and ends.")
+@click.option("--max-proposals-per-child", type=float, default=None, callback=positive,
+              help="Stop calling an LLM that repeats itself: more than N proposals per new child and the last 2N "
+                   "without one (N of them duplicates), or 10N in a row without one; the run then trains the "
+                   f"children it has and ends (--resume gives it another chance) [{defaults.MAX_PROPOSALS_PER_CHILD:g}].")
 @click.option("--temperature", "llm_temperature", type=float, default=None,
               help="LLM sampling temperature [the model's].")
 @click.option("--llm-timeout", type=float, default=None, callback=positive,

@@ -4,7 +4,8 @@ Everything a run learns lives here, so a run can be resumed, browsed and continu
 process or machine. Two design choices shape the columns:
 
 These are the storage's own classes: `population.store` never hands them out (it returns the
-frozen `population.records` built from them), so only the store and `opening` import this.
+frozen `population.records` built from them), so only the store, `records`, `opening` and the
+migrations' `env.py` import this.
 
 - An `Individual` caches the aggregates of its finished trials (mean, sd, counts, descriptors,
   cell). They are derivable from `Trial` rows, but selection, the elite table and the browser
@@ -34,7 +35,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
+# The archive's schema, `evo_meta.schema_version`; Alembic revision "000N" (population/migrations)
+# moves an archive from N-1 to N. Bump it with a new revision whenever a table here changes.
+SCHEMA_VERSION = 2
 
 RUN_STATUSES = ("running", "stopped", "finished")
 INDIVIDUAL_STATUSES = ("pending", "trained", "rejected")
@@ -51,7 +54,8 @@ class Base(DeclarativeBase):
 
 
 class Meta(Base):
-    """Key/value facts about the archive file itself; `schema_version` gates future migrations.
+    """Key/value facts about the archive file itself; `schema_version` is what opening checks
+    (population/migrations keeps it equal to Alembic's revision).
 
     Its presence is also how `Store.open` tells an evo archive from someone else's SQLite file.
     """
@@ -78,6 +82,11 @@ class Run(Base):
     program_text: Mapped[str | None] = mapped_column(Text)
     # seed-to-seed sd of val_bpb, measured from the seed's replicate trials
     noise_sd: Mapped[float | None] = mapped_column(Float)
+    # Schema 2: the `evo run` process driving the run ("host:pid"), since when, and its last sign
+    # of life; all None while no process drives it (population.coordinator says who is alive).
+    coordinator: Mapped[str | None] = mapped_column(String(255))
+    claimed_at: Mapped[datetime | None] = mapped_column()
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
 
 
 class Individual(Base):
@@ -227,7 +236,7 @@ class GenerationStat(Base):
     best_individual_id: Mapped[int | None] = mapped_column(ForeignKey("individuals.id"))
     coverage: Mapped[float | None] = mapped_column(Float)
     qd_score: Mapped[float | None] = mapped_column(Float)
-    record: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the engine's DEAP Logbook record
+    record: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the full record evo.generations computed
 
 
 class LLMCall(Base):

@@ -4,8 +4,16 @@ whether it is an evo archive of the schema this code reads.
 An archive is only ever created in a missing or empty file: anything else that is not already
 an evo archive is refused before a single byte is written to it (the checks read the file with
 the `sqlite3` module in read-only mode before SQLAlchemy connects, because a connection with
-the writer's pragmas would switch a foreign file to WAL). A new archive gets its tables and its
-`schema_version`; an existing one must carry the version this code reads.
+the writer's pragmas would switch a foreign file to WAL). A new archive gets its tables at
+today's schema and is stamped there (`create_all` + Alembic's stamp, as Optuna does). An existing
+one is checked against `models.SCHEMA_VERSION`:
+
+- the same: opened;
+- older: a writer (`evo run`, `evo run --resume`, `evo migrate`) migrates it in place, in one
+  write transaction, before anything else is written (`population.migrations`); a read-only
+  opener (the browsing commands) is refused with one line naming `evo migrate`, because it must
+  not write and today's tables cannot be read from the old ones;
+- newer (written by a later evo): refused with one line saying to upgrade evo; nothing is written.
 """
 
 from __future__ import annotations
@@ -16,8 +24,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import sqlalchemy.exc
 from sqlalchemy import URL, Engine, create_engine, event, inspect, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from population.errors import ArchiveError
 from population.gitstore import GitStore
@@ -37,6 +47,7 @@ class OpenedArchive:
     name: str  # how the archive is named in messages: the path or URL as given (password hidden)
     git: GitStore | None
     readonly: bool
+    migrated: tuple[int, int] | None = None  # (from, to) schema versions when this open migrated it
 
 
 def open_archive(
@@ -54,6 +65,32 @@ def open_archive(
     return _open_sqlite(target, create=create, readonly=readonly, git_dir=git_dir)
 
 
+def migrate_archive(path_or_url: str | Path) -> tuple[int, int]:
+    """Bring an existing archive to this code's schema (`evo migrate`): the database only, so it
+    needs no git store. Returns the (from, to) schema versions; equal when nothing was to do."""
+    target = str(path_or_url)
+    if "://" in target and not _is_sqlite_file(make_url(target)):
+        engine, shown, _ = _url_engine(make_url(target), create=False)
+    else:
+        shown = make_url(target).database if "://" in target else target
+        path = Path(shown).expanduser()
+        state = _sqlite_state(path, shown)
+        if state != "archive":
+            raise ArchiveError(f"archive not found: {shown} (nothing to migrate)" if state == "missing"
+                               else f"{shown} is an empty file, not an evo archive")
+        engine = _sqlite_engine(path, readonly=False)
+    try:
+        version = _check_schema(engine, shown, readonly=False)
+        migrated = _migrate(engine, shown) if version < SCHEMA_VERSION else None
+    finally:
+        engine.dispose()
+    return migrated or (SCHEMA_VERSION, SCHEMA_VERSION)  # already there (maybe migrated meanwhile by another writer)
+
+
+def _is_sqlite_file(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+
+
 def _open_sqlite(shown: str, *, create: bool, readonly: bool, git_dir: str | Path | None) -> OpenedArchive:
     path = Path(shown).expanduser()
     state = _sqlite_state(path, shown)
@@ -68,7 +105,8 @@ def _open_sqlite(shown: str, *, create: bool, readonly: bool, git_dir: str | Pat
     return _finish(engine, shown, state == "archive", readonly, git_path)
 
 
-def _open_url(url: URL, *, create: bool, readonly: bool, git_dir: str | Path | None) -> OpenedArchive:
+def _url_engine(url: URL, *, create: bool) -> tuple[Engine, str, bool]:
+    """A server's engine, its name for messages, and whether it holds an archive already."""
     shown = url.render_as_string(hide_password=True)
     engine = create_engine(url)
     tables = set(inspect(engine).get_table_names())
@@ -78,26 +116,82 @@ def _open_url(url: URL, *, create: bool, readonly: bool, git_dir: str | Path | N
     if not tables and not create:
         engine.dispose()
         raise ArchiveError(f"archive not found: {shown} (run `evo run` to create one, or pass --db)")
+    return engine, shown, bool(tables)
+
+
+def _open_url(url: URL, *, create: bool, readonly: bool, git_dir: str | Path | None) -> OpenedArchive:
+    engine, shown, exists = _url_engine(url, create=create)
     if git_dir is None and not readonly:
         engine.dispose()
         raise ArchiveError(f"{shown} is a database server: pass git_dir (where the variants' git repository lives)")
     git_path = Path(git_dir) if git_dir is not None else None
-    return _finish(engine, shown, bool(tables), readonly, git_path)
+    return _finish(engine, shown, exists, readonly, git_path)
 
 
 def _finish(engine: Engine, shown: str, exists: bool, readonly: bool, git_path: Path | None) -> OpenedArchive:
+    """Check the schema, open the git store, then write: migrate an older archive, or create a
+    new one at the head. Every refusal comes before the first write."""
+    migrated = None
     try:
-        if exists:
-            _check_schema(engine, shown)
+        version = _check_schema(engine, shown, readonly) if exists else None
         git = _open_git(engine, shown, readonly, git_path, exists)
-        if not exists:
-            with engine.begin() as conn:
-                Base.metadata.create_all(conn)
-                conn.execute(Meta.__table__.insert(), {"key": "schema_version", "value": str(SCHEMA_VERSION)})
+        if version is not None and version < SCHEMA_VERSION:
+            migrated = _migrate(engine, shown)
+        elif not exists:
+            _create(engine)
+    except sqlalchemy.exc.DatabaseError as e:  # a page of garbage, a cut-off copy
+        engine.dispose()
+        raise ArchiveError(damaged(shown, e)) from None
     except BaseException:
         engine.dispose()
         raise
-    return OpenedArchive(engine, shown, git, readonly)
+    return OpenedArchive(engine, shown, git, readonly, migrated)
+
+
+def damaged(shown: str, error: Exception) -> str:
+    """The one line for an archive whose database cannot be read."""
+    cause = str(getattr(error, "orig", None) or error).splitlines()[0]
+    return (f"{shown} is damaged ({cause}); nothing was written to it. Restore it from a copy, or salvage "
+            f"what SQLite can read with `sqlite3 {shown} .recover | sqlite3 recovered.db`")
+
+
+def _write(engine: Engine) -> Any:
+    """A connection whose transaction is a write from its first statement (`BEGIN IMMEDIATE`
+    on SQLite, see `_sqlite_engine`)."""
+    return engine.connect().execution_options(evo_write=True)
+
+
+def _create(engine: Engine) -> None:
+    from population import migrations
+
+    with _write(engine) as conn, conn.begin():
+        Base.metadata.create_all(conn)
+        conn.execute(Meta.__table__.insert(), {"key": "schema_version", "value": str(SCHEMA_VERSION)})
+        migrations.stamp_head(conn)
+
+
+def _migrate(engine: Engine, shown: str) -> tuple[int, int] | None:
+    """Upgrade to SCHEMA_VERSION in one write transaction. The version is read again inside it:
+    a writer that opened the archive at the same moment may have migrated it meanwhile (then
+    None: nothing was done here). A failure rolls everything back (SQLite's DDL is transactional)."""
+    from population import migrations
+
+    version = None
+    try:
+        with _write(engine) as conn, conn.begin():
+            version = _version(conn, shown, lock=True)
+            if version >= SCHEMA_VERSION:
+                return None
+            migrations.upgrade(conn, version, shown)
+            reached = _version(conn, shown)
+            if reached != SCHEMA_VERSION:  # a revision missing from the package: roll back
+                raise ArchiveError(f"{shown}: migrating archive schema {version} ended at {reached}, "
+                                   f"not {SCHEMA_VERSION}; nothing was changed")
+    except SQLAlchemyError as e:
+        reason = str(e.orig if getattr(e, "orig", None) is not None else e).splitlines()[0]
+        raise ArchiveError(f"{shown}: migrating archive schema {version} to {SCHEMA_VERSION} failed ({reason}); "
+                           "nothing was changed") from None
+    return version, reached
 
 
 def _sqlite_state(path: Path, shown: str) -> str:
@@ -155,13 +249,31 @@ def _sqlite_engine(path: Path, readonly: bool) -> Engine:
     return engine
 
 
-def _check_schema(engine: Engine, shown: str) -> None:
+def _version(conn: Any, shown: str, lock: bool = False) -> int:
+    query = select(Meta.value).where(Meta.key == "schema_version")
+    value = conn.scalar(query.with_for_update() if lock else query)  # FOR UPDATE: servers; SQLite locks the file
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ArchiveError(f"{shown} has no readable archive schema version ({value!r}); restore a copy") from None
+
+
+def _check_schema(engine: Engine, shown: str, readonly: bool) -> int:
+    """The archive's schema version, if this code may open it: newer is refused, and older is
+    refused to a read-only opener (a writer migrates it)."""
     with engine.connect() as conn:
-        version = conn.scalar(select(Meta.value).where(Meta.key == "schema_version"))
-    if version != str(SCHEMA_VERSION):
+        version = _version(conn, shown)
+    if version > SCHEMA_VERSION:
         raise ArchiveError(
-            f"{shown} has archive schema version {version}; this evo reads version {SCHEMA_VERSION}"
+            f"{shown} has archive schema version {version}, newer than this evo reads ({SCHEMA_VERSION}): "
+            "upgrade evo to open it (`pip install -U evo`, or `git pull` in its checkout); nothing was written"
         )
+    if version < SCHEMA_VERSION and readonly:
+        raise ArchiveError(
+            f"{shown} has archive schema version {version}; this evo reads {SCHEMA_VERSION}: migrate it once with "
+            f"`evo migrate --db {shown}` (or resume a run in it with `evo run --resume`); nothing was written"
+        )
+    return version
 
 
 def _open_git(

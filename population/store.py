@@ -16,6 +16,9 @@ checked by `population.opening`) plus a git repository of the variants (`archive
   An individual's `source` is only loaded by `get_individual`: lists never need it, and it is
   most of the archive's bytes.
 - Errors a user can cause are `ArchiveError` with a one-line message.
+- A run is driven by one coordinator at a time: `claim_run` records "host:pid" on the run (and
+  refuses while another live process holds it), `heartbeat` refreshes it, `release_run` ends it;
+  who counts as alive is `population.coordinator`'s rule.
 """
 
 from __future__ import annotations
@@ -24,17 +27,18 @@ import hashlib
 import math
 import re
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Row, func, or_, select
+from sqlalchemy import Engine, Row, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker, undefer
 
-from population import records
-from population.errors import ArchiveError, DuplicateSource, DuplicateTrial
+from population import coordinator as coordinators, records
+from population.errors import ArchiveError, ClaimLost, DuplicateSource, DuplicateTrial, RunBusy
 from population.gitstore import GitStore, branch_ref, individual_ref
 from population.models import (
     INDIVIDUAL_STATUSES,
@@ -67,7 +71,7 @@ _LLM_FIELDS = {
     "cost_usd", "latency_s", "outcome", "error",
 }
 
-__all__ = ["ArchiveError", "DuplicateSource", "DuplicateTrial", "Store", "source_hash"]
+__all__ = ["ArchiveError", "ClaimLost", "DuplicateSource", "DuplicateTrial", "RunBusy", "Store", "source_hash"]
 
 
 def source_hash(source: str) -> str:
@@ -86,6 +90,8 @@ class Store:
         self._lock = threading.RLock()
         self._local = threading.local()  # .session: this thread's open transaction, if any
         self._run_names: dict[int, str] = {}  # run names never change; refs need them per trial
+        self._heartbeats: dict[tuple[int, str], float] = {}  # (run, coordinator) -> monotonic time of the last one
+        self.migrated: tuple[int, int] | None = None  # (from, to) schema versions, when opening migrated it
         self._reader = sessionmaker(engine, expire_on_commit=False)
         self._writer = sessionmaker(
             engine, expire_on_commit=False, execution_options={"evo_write": True}
@@ -106,11 +112,15 @@ class Store:
 
         `create=True` makes a new archive when the file is missing (or empty). `readonly=True`
         opens SQLite with `mode=ro`, for browsers that must never disturb a running engine.
+        A writer migrates an archive of an older schema first (`self.migrated` says so); a
+        read-only open of one is refused (`population.opening`).
         The git repository defaults to the file's name with `.git` (`archive.git/`); a server
         URL has no file to sit next to, so a writer must pass `git_dir`.
         """
         opened = open_archive(path_or_url, create=create, readonly=readonly, git_dir=git_dir)
-        return cls(opened.engine, opened.name, readonly=opened.readonly, git=opened.git)
+        store = cls(opened.engine, opened.name, readonly=opened.readonly, git=opened.git)
+        store.migrated = opened.migrated
+        return store
 
     def close(self) -> None:
         self.engine.dispose()
@@ -138,11 +148,21 @@ class Store:
         if self.readonly:
             raise ArchiveError(f"{self.name} is open read-only")
         with self._lock, self._writer() as s, s.begin():
-            self._local.session = s
             try:
+                self._local.session = s
                 yield
             finally:
                 self._local.session = None
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """A Core connection for the plain-row reads: the open transaction's, else a fresh one."""
+        current = getattr(self._local, "session", None)
+        if current is not None:
+            yield current.connection()
+        else:
+            with self.engine.connect() as conn:
+                yield conn
 
     @contextmanager
     def _session(self, write: bool = False) -> Iterator[Session]:
@@ -166,8 +186,10 @@ class Store:
         config: Mapping[str, Any],
         data_manifest_hash: str | None = None,
         program_text: str | None = None,
+        coordinator: str | None = None,
     ) -> records.Run:
-        """A new run. Its name also names its git branch and refs, hence the restricted alphabet."""
+        """A new run. Its name also names its git branch and refs, hence the restricted alphabet.
+        With `coordinator` ("host:pid", see `claim_run`) the run is claimed by it from the start."""
         if not _RUN_NAME.fullmatch(name) or ".." in name or name.endswith((".", ".lock")):
             raise ArchiveError(
                 f"bad run name {name!r}: use letters, digits, '.', '_' and '-' (at most 100)"
@@ -175,9 +197,11 @@ class Store:
         with self._session(write=True) as s:
             if s.scalar(select(Run.id).where(Run.name == name)) is not None:
                 raise ArchiveError(f"run '{name}' already exists in {self.name} (pick another name, or resume it)")
+            now = utcnow()
+            claim = {"coordinator": coordinator, "claimed_at": now, "heartbeat_at": now} if coordinator else {}
             run = _add(s, Run(
                 name=name, config=dict(config), data_manifest_hash=data_manifest_hash,
-                program_text=program_text,
+                program_text=program_text, **claim,
             ))
             if self.git is not None:  # plain `git log` in the repository follows the newest run
                 self.git.set_head(branch_ref(name))
@@ -226,6 +250,61 @@ class Store:
                 setattr(run, key, dict(value) if key == "config" else value)
             s.flush()
             return freeze(run)
+
+    # ------------------------------------------------------------------ the coordinator's claim
+
+    def claim_run(self, run_id: int, coordinator: str | None = None, *,
+                  stale_after: float = coordinators.STALE_AFTER_S) -> str | None:
+        """Make `coordinator` ("host:pid"; this process by default) the run's driver, in one write
+        transaction: the holder is read and replaced under the write lock, so of two processes
+        claiming at once one gets `RunBusy`. Raises `RunBusy`, writing nothing, while another
+        live coordinator holds the run (`population.coordinator.is_alive`). Returns the stale
+        holder this claim took over from, or None when the run was free (or already ours)."""
+        me = coordinator or coordinators.this_process()
+        with self._session(write=True) as s:
+            run = _get(s, Run, run_id)
+            now = utcnow()
+            previous = run.coordinator if run.coordinator != me else None
+            if previous and coordinators.is_alive(previous, run.claimed_at, run.heartbeat_at, now, stale_after):
+                holder = coordinators.describe(previous, run.claimed_at, run.heartbeat_at, now)
+                raise RunBusy(f"run '{run.name}' is being driven by {holder}; stop it first or wait", previous)
+            s.execute(update(Run).where(Run.id == run_id).values(
+                coordinator=me, claimed_at=now, heartbeat_at=now, updated_at=Run.updated_at))
+        self._heartbeats[(run_id, me)] = time.monotonic()
+        return previous
+
+    def heartbeat(self, run_id: int, coordinator: str | None = None, *,
+                  every: float = coordinators.HEARTBEAT_EVERY_S) -> bool:
+        """Refresh the claim's `heartbeat_at`: one UPDATE, and only if the last one from this
+        store is `every` seconds old or more, so a loop may call it on every pass. Returns
+        whether it wrote. Raises `ClaimLost` when the run is no longer claimed by `coordinator`
+        (this process by default): another coordinator took it over, and this one must stop."""
+        me = coordinator or coordinators.this_process()
+        now = time.monotonic()
+        if now - self._heartbeats.get((run_id, me), -math.inf) < every:
+            return False
+        with self._session(write=True) as s:
+            held = s.execute(update(Run).where(Run.id == run_id, Run.coordinator == me).values(
+                heartbeat_at=utcnow(), updated_at=Run.updated_at)).rowcount
+            if not held:
+                run = _get(s, Run, run_id)
+                now_utc = utcnow()
+                holder = (coordinators.describe(run.coordinator, run.claimed_at, run.heartbeat_at, now_utc)
+                          if run.coordinator else "nobody")
+                raise ClaimLost(f"run '{run.name}' is no longer driven by this process ({me}) but by {holder}; "
+                                "stopping here")
+        self._heartbeats[(run_id, me)] = now
+        return True
+
+    def release_run(self, run_id: int, coordinator: str | None = None) -> bool:
+        """End `coordinator`'s claim (this process by default) when it stops driving the run:
+        finished, stopped or failed. A claim another coordinator holds is left alone. Returns
+        whether there was one to release."""
+        me = coordinator or coordinators.this_process()
+        self._heartbeats.pop((run_id, me), None)
+        with self._session(write=True) as s:
+            return bool(s.execute(update(Run).where(Run.id == run_id, Run.coordinator == me).values(
+                coordinator=None, claimed_at=None, heartbeat_at=None, updated_at=Run.updated_at)).rowcount)
 
     # ------------------------------------------------------------------ individuals
 
@@ -423,6 +502,8 @@ class Store:
             trial.status = "done"
             trial.finished_at = utcnow()
             ind = s.get(Individual, trial.individual_id, options=[undefer(Individual.source)])
+            if "source" not in ind.__dict__:  # met earlier in this transaction
+                s.refresh(ind, ["source"])
             _refresh_aggregates(s, ind)
             if ind.commit is None and self.git is not None:
                 ind.commit = self._commit(s, ind, trial)
@@ -561,7 +642,7 @@ class Store:
     def record_generation(self, run_id: int, generation: int, stats: Mapping[str, Any]) -> records.GenerationStat:
         """Store (or overwrite, on a resumed generation) one generation's statistics: keys are
         trials, failures, best_val_bpb, best_individual_id, coverage, qd_score and record
-        (the engine's DEAP Logbook record)."""
+        (the full record `evo.generations` computed)."""
         unknown = set(stats) - _GENERATION_FIELDS
         if unknown:
             raise TypeError(f"record_generation got unknown stats {sorted(unknown)}")
@@ -635,7 +716,7 @@ class Store:
         building no ORM objects makes this several times faster than `individuals()` at
         10,000 individuals. `source` cannot be asked for; `get_individual` reads it.
         """
-        with self.engine.connect() as conn:  # Core, not the ORM session: no per-row ORM loading
+        with self._connection() as conn:  # Core, not the ORM session: no per-row ORM loading
             return conn.execute(
                 select(*_columns(Individual, columns)).where(Individual.run_id == run_id).order_by(Individual.id)
             ).all()
@@ -651,13 +732,13 @@ class Store:
         chain = chain.union(select(parent.id, parent.parent1_id, parent.parent2_id)
                             .join(chain, parent.id == chain.c.parent1_id))
         wanted = or_(Individual.id.in_(select(chain.c.id)), Individual.id.in_(select(chain.c.parent2_id)))
-        with self.engine.connect() as conn:
+        with self._connection() as conn:
             return conn.execute(select(*_columns(Individual, columns)).where(wanted).order_by(Individual.id)).all()
 
     def trial_rows(self, run_id: int, columns: Sequence[str]) -> list[Row]:
         """A run's finished trials as plain rows of the named columns, in the order they
         finished (the order of the progress chart; with several workers it is not id order)."""
-        with self.engine.connect() as conn:
+        with self._connection() as conn:
             return conn.execute(
                 select(*_columns(Trial, columns))
                 .where(Trial.run_id == run_id, Trial.status == "done")

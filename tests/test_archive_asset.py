@@ -1,7 +1,8 @@
 """tests/assets/archive-v1.db: an archive of schema version 1 written by a short real `evo run`
-(tests/assets/README.md says which commit and how). Today's code must still open it read-only and
-read its run, individuals, trials and elites; when the schema changes, migration tests start from
-it. Most checks read the file with sqlite3 directly, so they hold while the Store's API is
+(tests/assets/README.md says which commit and how). It stays at schema 1: it is the "previous
+schema" file every migration starts from. Today's code must migrate it to `SCHEMA_VERSION` and then
+read its run, individuals, trials and elites (tests/test_population_migrations.py checks every
+row). Most checks read the file with sqlite3 directly, so they hold while the Store's API is
 reshaped; the Store is only asked for what any version of it must answer.
 """
 
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from population.models import SCHEMA_VERSION
-from population.store import Store
+from population.opening import migrate_archive
+from population.store import ArchiveError, Store
 
 ASSET = Path(__file__).resolve().parent / "assets" / "archive-v1.db"
 
@@ -45,8 +47,11 @@ def test_the_asset_is_a_small_sqlite_file_of_schema_version_1(archive):
     assert query(archive, "PRAGMA integrity_check") == [{"integrity_check": "ok"}]
     [meta] = query(archive, "SELECT value FROM evo_meta WHERE key = 'schema_version'")
     assert meta["value"] == "1"
-    assert SCHEMA_VERSION == 1, (f"the schema is now version {SCHEMA_VERSION}: test the migration of this "
-                                 "v1 archive, and keep an archive of the new version beside it")
+    tables = {r["name"] for r in query(archive, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "alembic_version" not in tables  # schema 1 predates the migrations
+    assert hashlib.sha256(ASSET.read_bytes()).hexdigest() == (
+        "25d26890434cf5d07c26d45314ba1ba16e9e89b2f2b23fc7309dc93ff481bd50")  # as committed, never migrated
+    assert SCHEMA_VERSION > 1 and migrate_archive(archive) == (1, SCHEMA_VERSION)  # a copy migrates to today's
 
 
 def test_the_run_and_its_individuals_trials_and_elites_are_real(archive):
@@ -80,8 +85,13 @@ def test_the_run_and_its_individuals_trials_and_elites_are_real(archive):
     assert [g["generation"] for g in gens] == [0, 1]
 
 
-def test_the_store_opens_it_read_only_and_reads_what_the_file_holds(archive):
+def test_read_only_it_is_refused_and_once_migrated_the_store_reads_what_the_file_holds(archive):
     before = archive.read_bytes()
+    with pytest.raises(ArchiveError, match=r"has archive schema version 1; .* `evo migrate --db "):
+        Store.open(archive, readonly=True)
+    assert archive.read_bytes() == before  # refused: the file itself is untouched
+    migrate_archive(archive)
+    migrated = archive.read_bytes()
     [run_row] = query(archive, "SELECT id, name FROM runs")
     individuals = {r["id"]: r for r in query(archive, "SELECT id, n_ok, val_bpb_mean, cell FROM individuals")}
     trials = {r["id"]: r for r in query(archive, "SELECT id, individual_id, seed, val_bpb FROM trials")}
@@ -98,4 +108,5 @@ def test_the_store_opens_it_read_only_and_reads_what_the_file_holds(archive):
     assert {t.id: (t.individual_id, t.seed, t.val_bpb) for t in ts} == {
         k: (r["individual_id"], r["seed"], r["val_bpb"]) for k, r in trials.items()}
     assert {(e.cell, ind.id) for e, ind in els} == elites
-    assert archive.read_bytes() == before  # read-only: the file itself is untouched
+    assert run.coordinator is None  # nobody drives a run of an old archive
+    assert archive.read_bytes() == migrated  # read-only: the file itself is untouched

@@ -179,6 +179,9 @@ def test_llm_run_trains_good_edits_records_every_failure_and_keeps_the_key_out(d
     assert secret not in _git(db, "cat-file", "--batch-all-objects", "--batch")
     assert KEY not in proc.stdout + proc.stderr
     assert "rejected (llm)" in proc.stderr and "done" in proc.stderr  # the console writes to stderr
+    # the summary: what the trained child cost (every call of the run, rejected proposals' included)
+    assert (f"LLM: {len(calls)} calls (${spend['cost_usd']:.4f}) for 1 trained child: {len(calls)}.0 LLM calls "
+            "per trained child; 6 proposals rejected (0 duplicates)") in " ".join(proc.stderr.split())
 
 
 def test_max_llm_dollars_ends_the_run_and_caps_the_whole_run_across_resumes(dataset, tmp_path):

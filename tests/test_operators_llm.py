@@ -102,6 +102,25 @@ def test_prompt_carries_parent_results_and_archive_memory():
     assert "far cell" in prompt and "0.0031" in prompt
 
 
+def test_the_prompt_after_a_duplicate_names_it_and_its_edit():
+    dup = {"individual_id": 40, "hypothesis": "a higher matrix LR", "outcome": "rejected", "stderr_tail": "",
+           "message": "duplicate of #31", "duplicate_of": 31, "parent_id": 12, "times": 2,
+           "edit": "-MATRIX_LR = 0.04\n+MATRIX_LR = 0.06"}
+    rejected = {"individual_id": 41, "hypothesis": "deeper", "outcome": "rejected", "stderr_tail": "",
+                "message": "SEARCH block 1 does not occur in train.py (after one repair round)"}
+    b = ParentInfo(31, SEED.replace("MATRIX_LR = 0.04", "MATRIX_LR = 0.06"), hypothesis="higher LR")
+    with MessagesServer([GOOD, GOOD]) as server:
+        op = operator(server)
+        op.mutate(PARENT, ctx(failures=[dup, rejected]), RNG)
+        op.crossover(PARENT, b, None, ctx(failures=[dup, rejected]), RNG)
+        mutation, crossover = (r.user_text for r in server.requests)
+    said = ("- a higher matrix LR (from #12): this exact child was already tried: duplicate of #31 — do not propose "
+            "it again, proposed 2 times lately\n```diff\n-MATRIX_LR = 0.04\n+MATRIX_LR = 0.06\n```")
+    assert said in mutation and said in crossover
+    assert "never one listed as already in the archive" in mutation
+    assert "- rejected, never trained: deeper — SEARCH block 1 does not occur" in mutation
+
+
 def test_prompt_is_fitted_to_the_token_budget():
     context = ctx(
         elites=[ParentInfo(i, SEED + f"\n# variant {i}\n" + "x = 1  # a long line to make the diff heavy\n" * 200, hypothesis=f"idea {i}", val_bpb=1.9) for i in range(40, 80)],

@@ -27,6 +27,10 @@ CPU_VOCAB = 2048  # BPE vocabulary (incl. BOS) `evo prepare` builds unless told 
 GPU_VOCAB = 8192  # autoresearch's
 
 
+_MANIFEST_KEYS = ("source", "inputs_sha256", "vocab_size", "bos_id", "tokenizer_sha256", "n_train_tokens",
+                  "n_val_tokens", "dtype")
+
+
 class DatasetError(Exception):
     """A user-facing, one-line problem with a data directory."""
 
@@ -50,10 +54,41 @@ class Dataset:
         mf = self.path / MANIFEST_NAME
         if not mf.exists():
             raise DatasetError(f"no prepared data in {self.path} (run `evo prepare` first)")
-        self.manifest = json.loads(mf.read_text())
+        try:
+            self.manifest = json.loads(mf.read_text())
+            missing = [k for k in _MANIFEST_KEYS if k not in self.manifest]
+        except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
+            raise DatasetError(f"{mf} is not a readable manifest ({type(e).__name__}: {e}); "
+                               f"prepare the data again (`evo prepare ... --force`)") from None
+        if missing:
+            raise DatasetError(f"{mf} lacks {', '.join(missing)}: not a manifest evo wrote; "
+                               f"prepare the data again (`evo prepare ... --force`)")
         self.vocab_size: int = self.manifest["vocab_size"]
         self.bos_id: int = self.manifest["bos_id"]
         self.hash = manifest_hash(self.manifest)
+
+    def check(self) -> Dataset:
+        """Every file the manifest promises is there and whole: token files of exactly the
+        manifest's token counts (a copy cut short would train and score on less, silently), the
+        byte table of the vocabulary's size, the tokenizer. The coordinator checks before any trial."""
+        fix = "prepare the data again (`evo prepare ... --force`)"
+        itemsize = np.dtype(self.manifest["dtype"]).itemsize
+        for name, count in (("train.bin", self.manifest["n_train_tokens"]), ("val.bin", self.manifest["n_val_tokens"])):
+            path = self.path / name
+            if not path.is_file():
+                raise DatasetError(f"{path} is missing; {fix}")
+            if path.stat().st_size != count * itemsize:
+                raise DatasetError(f"{path} holds {path.stat().st_size // itemsize:,} tokens, the manifest says "
+                                   f"{count:,} (truncated or replaced); {fix}")
+        try:
+            table = np.load(self.path / "token_bytes.npy", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"{self.path / 'token_bytes.npy'} is not readable ({e}); {fix}") from None
+        if table.shape != (self.vocab_size,):
+            raise DatasetError(f"{self.path / 'token_bytes.npy'} has {table.shape} entries, not {self.vocab_size}; {fix}")
+        if not (self.path / "tokenizer.json").is_file():
+            raise DatasetError(f"{self.path / 'tokenizer.json'} is missing; {fix}")
+        return self
 
     @cached_property
     def train_tokens(self) -> np.ndarray:

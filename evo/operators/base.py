@@ -11,6 +11,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Protocol
 
+# The operator name of a crossover made without a model (a clean three-way merge): the same two
+# parents always merge to the same child, so a pair whose merge is already known is not merged again.
+FREE_MERGE = "merge"
+
 
 @dataclass
 class ParentInfo:

@@ -24,7 +24,7 @@ from pathlib import Path
 import anthropic
 
 from evo.defaults import LLM_MAX_RETRIES, LLM_TIMEOUT, PROGRAM_PATH
-from evo.operators.base import ArchiveContext, ParentInfo, Proposal
+from evo.operators.base import FREE_MERGE, ArchiveContext, ParentInfo, Proposal
 from evo.operators.edits import ANSWER_FORMAT, EditError, apply_answer, merge3, parse_answer
 from evo.operators.validate import SYNTAX_ERROR_PREFIX, validate_child
 
@@ -227,10 +227,10 @@ class LLMOperator:
             merged, clean = merge3(ancestor_source, a.source, b.source)
             if clean and merged not in (a.source, b.source) and validate_child(merged) is None:
                 hypothesis = f"merge #{a.id}×#{b.id}: {a.hypothesis or '(no hypothesis)'} + {b.hypothesis or '(no hypothesis)'}"
-                return Proposal(operator="merge", parents=[a.id, b.id], hypothesis=hypothesis, source=merged)
+                return Proposal(operator=FREE_MERGE, parents=[a.id, b.id], hypothesis=hypothesis, source=merged)
             if not clean:
                 conflicts = merged
-        prompt = _crossover_prompt(a, b, ancestor_source, conflicts, self._room_for_user(ctx))
+        prompt = _crossover_prompt(a, b, ancestor_source, conflicts, self._room_for_user(ctx), ctx)
         return self._evolve("crossover", [a.id, b.id], a.source, prompt, ctx)
 
     # -- one proposal: an answer, maybe one repair -----------------------------------------
@@ -428,17 +428,21 @@ class _Room:
 
 def _mutation_prompt(parent: ParentInfo, ctx: ArchiveContext, room_chars: int) -> str:
     head = f"# The parent to improve: {_describe(parent)}\n{_trials(parent.trials)}\n\n```python\n{parent.source}```\n"
+    duplicates = [f for f in ctx.failures if f.get("duplicate_of") is not None]
     task = (
         "\n# Your task\n\nPropose ONE change to the parent that you expect to lower val_bpb within the same "
-        "time budget. Prefer an idea that is not listed above as tried. Reply in the answer format; "
-        "SEARCH texts must be copied from the parent's source above.\n"
+        "time budget. Prefer an idea that is not listed above as tried"
+        + (", and never one listed as already in the archive: it would be a duplicate, and is not trained again"
+           if duplicates else "")
+        + ". Reply in the answer format; SEARCH texts must be copied from the parent's source above.\n"
     )
     room = _Room(room_chars - len(head) - len(task) - _FRAME_CHARS)
     others = [e for e in ctx.elites if e.id != parent.id]
     tried = room.fill([f"- {h}\n" for h in ctx.tried_from_parent])
+    repeated = room.fill([_duplicate(f) for f in duplicates])
     best = room.fill([_elite_with_diff(e, parent) for e in others[:_TOP_ELITES]])
     # A failure without a hypothesis (an API error, say) teaches nothing about ideas.
-    failures = room.fill([_failure(f) for f in ctx.failures if f.get("hypothesis")])
+    failures = room.fill([_failure(f) for f in ctx.failures if f.get("hypothesis") and f.get("duplicate_of") is None])
     cells = room.fill([f"- {_describe(e)}\n" for e in others[_TOP_ELITES:]])
     sections = [head]
     if ctx.noise_sd is not None:
@@ -448,6 +452,7 @@ def _mutation_prompt(parent: ParentInfo, ctx: ArchiveContext, room_chars: int) -
         )
     for title, items in (
         ("Ideas already tried from this parent (do not repeat them)", tried),
+        (_DUPLICATES_TITLE, repeated),
         ("The best elites of the archive, with their diff against the parent", best),
         ("Recent failures (avoid their mistakes)", failures),
         ("Elites of other cells", cells),
@@ -458,7 +463,11 @@ def _mutation_prompt(parent: ParentInfo, ctx: ArchiveContext, room_chars: int) -
     return "".join(sections)
 
 
-def _crossover_prompt(a: ParentInfo, b: ParentInfo, ancestor: str | None, conflicts: str, room_chars: int) -> str:
+_DUPLICATES_TITLE = "Children already in the archive (proposed again, so not trained: do not propose them again)"
+
+
+def _crossover_prompt(a: ParentInfo, b: ParentInfo, ancestor: str | None, conflicts: str, room_chars: int,
+                      ctx: ArchiveContext | None = None) -> str:
     head = (
         f"# Parent A: {_describe(a)}\n\n```python\n{a.source}```\n\n# Parent B: {_describe(b)}\n\n"
     )
@@ -479,6 +488,9 @@ def _crossover_prompt(a: ParentInfo, b: ParentInfo, ancestor: str | None, confli
         shown = room.fill([_conflict_regions(conflicts)])
         if shown:
             middle = "\n# Where a plain three-way merge conflicts (git merge-file --diff3)\n\n" + shown[0]
+    repeated = room.fill([_duplicate(f) for f in (ctx.failures if ctx else []) if f.get("duplicate_of") is not None])
+    if repeated:
+        middle += f"\n# {_DUPLICATES_TITLE}\n\n" + "".join(repeated)
     return head + middle + task
 
 
@@ -520,7 +532,18 @@ def _tail(stderr: str) -> str:
 
 def _failure(f: dict) -> str:
     message = f" — {f['message']}" if f.get("message") else ""
-    return f"- {f.get('outcome', 'failed')}: {f['hypothesis']}{message}{_tail(f.get('stderr_tail') or '')}\n"
+    outcome = f.get("outcome", "failed")
+    label = "rejected, never trained" if outcome == "rejected" else outcome
+    return f"- {label}: {f['hypothesis']}{message}{_tail(f.get('stderr_tail') or '')}\n"
+
+
+def _duplicate(f: dict) -> str:
+    """A proposal that came back as a child the archive already had (see `evo.proposer`)."""
+    origin = f" (from #{f['parent_id']})" if f.get("parent_id") is not None else ""
+    times = f", proposed {f['times']} times lately" if f.get("times", 1) > 1 else ""
+    edit = f"\n```diff\n{f['edit']}\n```" if f.get("edit") else ""
+    return (f"- {f.get('hypothesis') or 'no hypothesis'}{origin}: this exact child was already tried: "
+            f"duplicate of #{f['duplicate_of']} — do not propose it again{times}{edit}\n")
 
 
 def _elite_with_diff(e: ParentInfo, parent: ParentInfo) -> str:
