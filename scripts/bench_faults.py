@@ -60,7 +60,8 @@ def kills(args, work: Path, dataset) -> None:
     print(f"processes outliving a killed coordinator: {len(report.survivors)}")
     if gaps:
         print(f"seconds from a fault to the next trial start: median {statistics.median(gaps):.1f}, "
-              f"max {max(gaps):.1f} (over {len(gaps)} kills; includes evo's start-up and the resume)")
+              f"max {max(gaps):.1f} (from `evo run --resume` to its first trial, over the {len(gaps)} resumes that got "
+              f"that far before the next kill; evo's start-up included)")
     for p in report.problems[:10]:
         print(f"  problem: {p}")
 

@@ -11,7 +11,9 @@
    computes val_bpb. Its result comes back through a directory no trial can reach.
 
 Nothing the trainer writes is trusted as a result: its report (steps, tokens, timings) is shown
-as its own account, and a failure it claims only fails itself. CPU trials reuse one warm server
+as its own account, and a failure it claims only fails itself. What a trial may use (output, file
+sizes, files, processes, memory, the sandbox's tmpfs: `trainer.trial_config.ResourceLimits`) is
+enforced by its fork server; past a limit the trial is stopped with that limit's outcome. CPU trials reuse one warm server
 per slot (it cleans up between trials); CUDA trials, and `EVO_TRIAL_START=spawn`, get a fresh
 server per trial, so CUDA is never initialised before a fork.
 """
@@ -32,16 +34,20 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from trainer import forkserver
-from trainer.outcomes import CANCELLED, classify
+from trainer.outcomes import CANCELLED, classify, limit_exceeded
 from trainer.sandbox import Sandbox, resolve as resolve_sandbox
 from trainer.trial_config import (
     ARTIFACT_NAME,
     CONFIG_ENV,
+    LOG_BYTES,
     REPORT_NAME,
+    TMPFS_BYTES,
     EvalPlan,
+    ResourceLimits,
     TrialConfig,
     eval_plan,
     handover_allowance,
+    resource_limits,
 )
 
 STDERR_TAIL_CHARS = 3000
@@ -144,10 +150,11 @@ class _Server:
     """A fork server in a private directory: for the trainer role, the directory its trials run in
     (the only host path they can write); for the scorer role, where requests and results live."""
 
-    def __init__(self, role: str, box: Sandbox, data_dir: Path, gpu: bool, exclusive: bool):
+    def __init__(self, role: str, box: Sandbox, data_dir: Path, gpu: bool, exclusive: bool,
+                 tmpfs_bytes: int = TMPFS_BYTES):
         self.dir = Path(tempfile.mkdtemp(prefix=f"evo-{role}-"))
         argv = forkserver.server_argv(role, exclusive=exclusive, own_pid_namespace=box.enabled, gpu=gpu)
-        command = box.command(argv, role=role, data_dir=data_dir, writable=self.dir, gpu=gpu)
+        command = box.command(argv, role=role, data_dir=data_dir, writable=self.dir, gpu=gpu, tmpfs_bytes=tmpfs_bytes)
         self.sandboxed = box.enabled
         env = scrubbed_env(_private_env(self.dir) if box.enabled else None)
         self.fork = forkserver.ForkServer(command, env, cwd=self.dir)
@@ -171,16 +178,17 @@ class _Server:
 
 
 class _Pool:
-    """Idle servers by (role, data dir, sandbox, gpu). A trainer server serves one trial at a time
-    (taken out while it runs); the scorer server is shared by every concurrent request."""
+    """Idle servers by (role, data dir, sandbox, gpu; a trainer's tmpfs size). A trainer server
+    serves one trial at a time (taken out while it runs); the scorer server is shared by every
+    concurrent request."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._idle: dict[tuple, list[_Server]] = {}
         self._scorers: dict[tuple, _Server] = {}
 
-    def trainer(self, box: Sandbox, data_dir: Path, gpu: bool, reuse: bool) -> _Server:
-        key = (str(data_dir), box.enabled, gpu)
+    def trainer(self, box: Sandbox, data_dir: Path, gpu: bool, reuse: bool, tmpfs_bytes: int = TMPFS_BYTES) -> _Server:
+        key = (str(data_dir), box.enabled, gpu, tmpfs_bytes)
         if reuse:
             with self._lock:
                 idle = self._idle.setdefault(key, [])
@@ -189,13 +197,14 @@ class _Pool:
                     if server.alive:
                         return server
                     server.close()
-        return _Server("trainer", box, data_dir, gpu, exclusive=True)
+        return _Server("trainer", box, data_dir, gpu, exclusive=True, tmpfs_bytes=tmpfs_bytes)
 
-    def give_back(self, server: _Server, box: Sandbox, data_dir: Path, gpu: bool, reuse: bool) -> None:
+    def give_back(self, server: _Server, box: Sandbox, data_dir: Path, gpu: bool, reuse: bool,
+                  tmpfs_bytes: int = TMPFS_BYTES) -> None:
         if reuse and server.alive:
             server.clear()
             with self._lock:
-                self._idle.setdefault((str(data_dir), box.enabled, gpu), []).append(server)
+                self._idle.setdefault((str(data_dir), box.enabled, gpu, tmpfs_bytes), []).append(server)
         else:
             server.close()
 
@@ -301,14 +310,14 @@ def _read_report(path: Path) -> dict | None:
 
 
 def _train(text: str, cfg: TrialConfig, box: Sandbox, gpu: bool, env: dict[str, str], work: Path,
-           limit: float, cancel: threading.Event | None):
+           limit: float, cancel: threading.Event | None, limits: ResourceLimits):
     """Train in a server's slot, then collect into `work`: (child or None if cancelled first,
     timed_out, cancelled, sandboxed). The config's launch time is written once the server is
-    ready, so its imports are not charged to the trial."""
+    ready, so its imports are not charged to the trial. The server enforces `limits`."""
     data_dir = Path(cfg.dataset_dir)
     for attempt in range(2):
         reuse = _reuse_servers(gpu) and attempt == 0
-        server = _POOL.trainer(box, data_dir, gpu, reuse)
+        server = _POOL.trainer(box, data_dir, gpu, reuse, limits.tmpfs_bytes)
         slot = server.dir
         try:
             server.clear()
@@ -323,7 +332,7 @@ def _train(text: str, cfg: TrialConfig, box: Sandbox, gpu: bool, env: dict[str, 
                 if server.sandboxed:
                     trial_env.update(_private_env(slot))
                 proc = server.fork.launch([str(slot / "train.py")], slot, trial_env, slot / "stdout.log",
-                                          slot / "stderr.log", cancel)
+                                          slot / "stderr.log", cancel, limits=limits.request())
             except forkserver.ForkServerError:
                 continue  # a trial must not be lost to the accelerator: a fresh server
             if proc is None:
@@ -338,7 +347,7 @@ def _train(text: str, cfg: TrialConfig, box: Sandbox, gpu: bool, env: dict[str, 
             _collect(slot, work)
             return proc, timed_out, cancelled, server.sandboxed
         finally:
-            _POOL.give_back(server, box, data_dir, gpu, reuse)
+            _POOL.give_back(server, box, data_dir, gpu, reuse, limits.tmpfs_bytes)
     raise forkserver.ForkServerError("no trial server could be started (twice)")
 
 
@@ -357,7 +366,7 @@ def _score(artifact_path: Path, cfg: TrialConfig, plan: EvalPlan, box: Sandbox, 
         scorer_env = scrubbed_env({k: v for k, v in env.items() if k.startswith("CUDA")})
         try:
             proc = server.fork.launch(["-m", "trainer.scorer", str(request), str(result)], server.dir, scorer_env,
-                                      logs[0], logs[1], cancel)
+                                      logs[0], logs[1], cancel, limits={"log_bytes": LOG_BYTES})
         except forkserver.ForkServerError as e:
             return {"outcome": "crash", "message": f"the scorer could not start: {e}"}
         if proc is None:
@@ -399,7 +408,9 @@ def run_trial(
     kill of the trainer (default: `wall_limit`). `cancel`, when set, kills the trial and returns
     outcome "cancelled" (Ctrl-C in the engine). `sandbox`: auto | strict | off
     (`trainer.sandbox`; strict raises SandboxError where none can be made). `harness_options`
-    are TrialConfig fields (eval_tokens, eval_seq_len, eval_batch, warmup_steps, max_steps).
+    are TrialConfig fields (eval_tokens, eval_seq_len, eval_batch, warmup_steps, max_steps, and
+    the resource limits max_log_bytes, max_file_bytes, max_disk_bytes, max_processes,
+    max_memory_bytes, tmpfs_bytes: `trainer.trial_config.resource_limits`).
     """
     if budget <= 0:
         raise ValueError(f"--budget must be a positive number of seconds, got {budget}")
@@ -427,8 +438,9 @@ def run_trial(
                          cfg.eval_batch)
         (work / "config.json").write_text(json.dumps(asdict(cfg)))
         limit = limit or wall_limit(budget, device)
+        limits = resource_limits(cfg, gpu)
         try:
-            proc, timed_out, cancelled, sandboxed = _train(text, cfg, box, gpu, env or {}, work, limit, cancel)
+            proc, timed_out, cancelled, sandboxed = _train(text, cfg, box, gpu, env or {}, work, limit, cancel, limits)
         except forkserver.ForkServerError as e:
             return _with(base, outcome="crash", message=str(e), total_seconds=time.time() - t0)
         if proc is None or cancelled:
@@ -438,7 +450,12 @@ def run_trial(
         handover = proc.ended_at - proc.started_at
         out = _with(TrialResult.from_dict({**base.to_dict(), **report}), exit_code=proc.returncode,
                     stderr_tail=stderr, handover_seconds=handover, sandboxed=sandboxed, val_bpb=None, mfu=report.get("mfu"))
-        failed = classify(proc.returncode, stderr, report, timed_out, budget, (work / ARTIFACT_NAME).is_file())
+        if proc.limit:  # stopped by its server past a resource limit: that, whatever else it did
+            failed = limit_exceeded(proc.limit.get("kind"), proc.limit.get("used", 0), proc.limit.get("detail", ""),
+                                    limits)
+        else:
+            failed = classify(proc.returncode, stderr, report, timed_out, budget, (work / ARTIFACT_NAME).is_file(),
+                              limits)
         if proc.lost:
             failed = ("crash", "the trial's server died under it twice (did the variant kill it?)")
         if failed is None and handover > budget + handover_allowance(budget, gpu):

@@ -9,7 +9,8 @@ Inside the sandbox it sees an allow-list, not the machine minus a deny-list:
 - read-only, the data directory's *training* files only (`manifest.json`, `tokenizer.json`,
   `train.bin`, `token_bytes.npy`); the validation split is not there. The scorer's sandbox
   (role "scorer") sees the whole data directory instead, and no trial directory;
-- writable: its own trial directory, and a private `/tmp` and `/dev/shm` that vanish with it;
+- writable: its own trial directory, and a private `/tmp`, `/dev/shm` and `/var/tmp` that vanish
+  with it (tmpfs, that is RAM: each of a fixed size where bwrap can size them, `--size`);
 - its own PID namespace (no other process is visible, so no `/proc/*/environ` of the
   coordinator), its own network namespace (no interface but a loopback nobody else is on),
   no capabilities (it cannot remount what it was given), a new session (no terminal injection).
@@ -39,6 +40,7 @@ TRAINER_DIR = ROOT / "trainer"
 TRAIN_FILES = (MANIFEST_NAME, "tokenizer.json", "train.bin", "token_bytes.npy")
 _SYSTEM_DIRS = ("/usr", "/etc", "/sys")
 _SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+PRIVATE_DIRS = ("/tmp", "/dev/shm", "/var/tmp")  # a private tmpfs each, emptied between trials
 
 
 class SandboxError(RuntimeError):
@@ -63,6 +65,17 @@ def probe() -> tuple[bool, str]:
     return True, ""
 
 
+@functools.lru_cache(maxsize=1)
+def sizes_tmpfs() -> bool:
+    """Does this bwrap size a tmpfs (`--size BYTES`, bubblewrap 0.6+)? Older ones make it half the
+    machine's memory, the kernel's default."""
+    try:
+        proc = subprocess.run([shutil.which("bwrap") or "bwrap", "--help"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--size" in proc.stdout + proc.stderr
+
+
 @dataclass(frozen=True)
 class Sandbox:
     """What a trial runs in. `enabled` False means plain processes (mode off, or auto without bwrap)."""
@@ -82,13 +95,15 @@ class Sandbox:
                 "included) and reach the network; use --sandbox strict to refuse to run like this")
 
     def command(self, argv: list[str], *, role: str, data_dir: Path, writable: Path | None = None,
-                readable: tuple[Path, ...] = (), gpu: bool = False) -> list[str]:
+                readable: tuple[Path, ...] = (), gpu: bool = False, tmpfs_bytes: int | None = None) -> list[str]:
         """`argv` wrapped in bwrap with the layout for `role` ("trainer" or "scorer"); unchanged when
-        the sandbox is off. `writable` is the one host directory the process may write to."""
+        the sandbox is off. `writable` is the one host directory the process may write to;
+        `tmpfs_bytes` the size of each private /tmp, /dev/shm and /var/tmp."""
         if not self.enabled:
             return argv
         return [shutil.which("bwrap") or "bwrap", *layout(role=role, data_dir=data_dir, writable=writable,
-                                                          readable=readable, gpu=gpu), "--", *argv]
+                                                          readable=readable, gpu=gpu, tmpfs_bytes=tmpfs_bytes),
+                "--", *argv]
 
 
 def resolve(mode: str) -> Sandbox:
@@ -123,8 +138,8 @@ def _python_dirs() -> list[Path]:
         if not entry or not os.path.isabs(entry) or not os.path.isdir(entry):
             continue
         p = Path(entry).resolve()
-        if any(p == h or p in h.parents for h in hidden) or str(p) == "/":
-            continue
+        if any(p == h or p in h.parents for h in hidden) or str(p) in ("/", *PRIVATE_DIRS):
+            continue  # a script run from /tmp puts /tmp on sys.path: it must stay the private tmpfs
         seen.setdefault(str(p), p)
     return list(seen.values())
 
@@ -149,9 +164,10 @@ def _hide_val_sources(data_dir: Path, shown: list[str]) -> list[str]:
 
 
 def layout(*, role: str, data_dir: Path, writable: Path | None, readable: tuple[Path, ...] = (),
-           gpu: bool = False) -> list[str]:
+           gpu: bool = False, tmpfs_bytes: int | None = None) -> list[str]:
     """bwrap's arguments. Order matters: the private /tmp comes before anything bound inside it
-    (test data and trial directories often live under /tmp)."""
+    (test data and trial directories often live under /tmp). `tmpfs_bytes`: the size of each
+    private tmpfs (RAM), where this bwrap can set one."""
     # --die-with-parent: when the coordinator's thread that started it goes (or the runner kills
     # it), the whole namespace goes with it.
     # --as-pid-1: the server itself is the namespace's init. Nothing else holds the pipes to the
@@ -159,7 +175,10 @@ def layout(*, role: str, data_dir: Path, writable: Path | None, readable: tuple[
     # cannot kill it (init ignores signals from its own namespace).
     args = ["--unshare-all", "--die-with-parent", "--as-pid-1", "--cap-drop", "ALL", "--new-session",
             "--hostname", "evo-trial",
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm", "--tmpfs", "/var/tmp"]
+            "--proc", "/proc", "--dev", "/dev"]
+    size = ["--size", str(int(tmpfs_bytes))] if tmpfs_bytes and sizes_tmpfs() else []
+    for d in PRIVATE_DIRS:
+        args += [*size, "--tmpfs", d]
     for d in _SYSTEM_DIRS:
         if os.path.isdir(d):
             args += ["--ro-bind", d, d]

@@ -117,16 +117,16 @@ def _run_exists(db: Path, run_name: str) -> bool:
         conn.close()
 
 
-def _started_after(db: Path, run_name: str, moment: float) -> float | None:
-    """Seconds from `moment` (epoch) to the first trial started after it, if any."""
+def _first_start(db: Path, run_name: str, start: float, end: float) -> float | None:
+    """Seconds from `start` (epoch) to the first trial started before `end`, if any."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
         stamps = [datetime.fromisoformat(s).replace(tzinfo=timezone.utc).timestamp() for (s,) in conn.execute(
             "SELECT t.started_at FROM trials t JOIN runs r ON r.id = t.run_id WHERE r.name = ?", (run_name,))]
     finally:
         conn.close()
-    later = [s - moment for s in stamps if s > moment]
-    return min(later) if later else None
+    within = [s - start for s in stamps if start < s < end]
+    return min(within) if within else None
 
 
 def descendants(pid: int) -> set[int]:
@@ -167,7 +167,7 @@ class KillReport:
     repeated: int = 0  # finished trials beyond what the run asked for
     problems: list = field(default_factory=list)  # snapshot, integrity and git findings, after any kill or read
     survivors: list = field(default_factory=list)  # processes of a killed coordinator still alive 10 s on
-    fault_to_next_trial_s: list = field(default_factory=list)
+    fault_to_next_trial_s: list = field(default_factory=list)  # a resume's start to its first trial's start
     reads: int = 0  # snapshots a concurrent reader took
 
 
@@ -193,10 +193,13 @@ def kill_loop(db: Path, run_args: list, run_name: str, trials: int, kills: int, 
     reader = threading.Thread(target=read_while_writing, daemon=True)
     reader.start()
     before: dict = {}
+    lives: list[tuple[float, float]] = []  # (start, kill) of each resumed coordinator
     resume = ["run", "--db", db, "--name", run_name, "--resume"]
     try:
         for k in range(kills):
-            proc = start_evo(*(resume if _run_exists(db, run_name) else run_args), cwd=cwd)
+            resuming = _run_exists(db, run_name)
+            started = time.time()
+            proc = start_evo(*(resume if resuming else run_args), cwd=cwd)
             deadline = time.time() + rng.uniform(0.3, max_delay)
             while time.time() < deadline and proc.poll() is None:
                 time.sleep(0.02)
@@ -223,8 +226,12 @@ def kill_loop(db: Path, run_args: list, run_name: str, trials: int, kills: int, 
             now = done_trials(db, run_name) if db.exists() else {}
             report.lost += [key for key, v in before.items() if key not in now or now[key] != v]
             before = now
-            report.fault_to_next_trial_s.append(killed_at)  # resolved below, once the next trial has started
-        proc = evo(*(resume if _run_exists(db, run_name) else run_args), cwd=cwd, check=False)
+            if resuming:
+                lives.append((started, killed_at))
+        resuming, started = _run_exists(db, run_name), time.time()
+        proc = evo(*(resume if resuming else run_args), cwd=cwd, check=False)
+        if resuming:
+            lives.append((started, time.time()))
         if proc.returncode != 0:
             report.problems.append(f"the final resume exited {proc.returncode}: {proc.stderr[-500:]}")
     finally:
@@ -236,6 +243,5 @@ def kill_loop(db: Path, run_args: list, run_name: str, trials: int, kills: int, 
     report.problems += snapshot_problems(db) + git_problems(db, run_name)
     if (verdict := integrity(db)) != "ok":
         report.problems.append(f"integrity_check at the end: {verdict}")
-    report.fault_to_next_trial_s = [s for s in (_started_after(db, run_name, t) for t in report.fault_to_next_trial_s)
-                                    if s is not None]
+    report.fault_to_next_trial_s = [s for s in (_first_start(db, run_name, a, b) for a, b in lives) if s is not None]
     return report

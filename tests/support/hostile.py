@@ -25,6 +25,8 @@ the variant's own claim: the judgment comes from evidence gathered outside the t
 scored, or scored at >= half the dataset's uniform bpb, within `time_limit` when given, and not a
 variant that says `expect: refused`), leaks, writes outside, survivors, tampering, markers, and
 the markers that fail by themselves.
+
+Resource bombs (floods, huge files, fork bombs, memory balloons) are tests/support/bombs.py's.
 """
 
 from __future__ import annotations
@@ -559,3 +561,4 @@ def verdict(result, stdout_text: str, canaries: Canaries, *, name: str = "", cls
         "survivors": [f"{p} {c}" for p, c in survivors], "tampered": tampered, "fatal": fatal_markers(cls, found),
         "markers": found, "message": getattr(result, "message", ""),
     }
+

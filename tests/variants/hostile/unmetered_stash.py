@@ -76,7 +76,10 @@ def background(seconds=20.0):
 
 if os.fork() == 0:  # before any torch op in this process: the daemon must not inherit a busy thread pool
     try:
-        os.setsid()
+        try:
+            os.setsid()
+        except OSError:
+            pass  # refused (a trial stays in its process group): a double fork still detaches it
         if os.fork() == 0:
             background()
     finally:
