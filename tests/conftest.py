@@ -54,6 +54,21 @@ def requires_sandbox():
         pytest.skip(why)
 
 
+@pytest.fixture
+def store(tmp_path):
+    """A new, empty archive (SQLite file and git store) in the test's directory."""
+    from population.store import Store
+
+    s = Store.open(tmp_path / "archive.db", create=True)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def run(store):
+    return store.create_run("r1", {"budget": 60})
+
+
 def variant(name: str) -> str:
     return (VARIANTS / name).read_text()
 

@@ -10,14 +10,14 @@ from population.store import Store
 from tests.conftest import evo, start_evo
 from tests.support.faults import done_trials, git_problems, integrity, kill_loop, snapshot_problems
 
-TRIALS = 9
+TRIALS = 8
 
 
 def test_sigkill_at_random_points_loses_nothing_and_leaves_nothing_running(dataset, fast_toml, tmp_path):
     db = tmp_path / "archive.db"
     args = ["run", "--db", db, "--name", "k", "--population", 3, "--trials", TRIALS, "--budget", 1,
             "--config", fast_toml, "--data-dir", dataset.path, "--operator", "offline"]
-    report = kill_loop(db, args, "k", trials=TRIALS, kills=5, seed=14, cwd=tmp_path, max_delay=7.0)
+    report = kill_loop(db, args, "k", trials=TRIALS, kills=4, seed=14, cwd=tmp_path, max_delay=7.0)
     assert report.kills >= 3, report  # the fixed delays land inside the run, not after it
     assert report.problems == []
     assert report.lost == [] and report.repeated == 0
@@ -33,11 +33,11 @@ def test_two_coordinators_write_one_archive_at_once(dataset, fast_toml, tmp_path
     db = tmp_path / "archive.db"
     evo("run", "--db", db, "--name", "first", "--population", 2, "--trials", 2, "--budget", 1,
         "--config", fast_toml, "--data-dir", dataset.path, "--operator", "offline", cwd=tmp_path)  # the archive exists
-    common = ["--population", 3, "--trials", 8, "--budget", 1, "--config", fast_toml, "--data-dir", dataset.path,
+    common = ["--population", 2, "--trials", 5, "--budget", 1, "--config", fast_toml, "--data-dir", dataset.path,
               "--operator", "offline"]
     a = start_evo("run", "--db", db, "--name", "a", *common, cwd=tmp_path)
     b = start_evo("run", "--db", db, "--name", "b", *common, cwd=tmp_path)
-    time.sleep(8)
+    time.sleep(6)
     if a.poll() is None:  # a live coordinator's run cannot be resumed by another process
         busy = evo("run", "--db", db, "--name", "a", "--resume", cwd=tmp_path, check=False)
         assert busy.returncode != 0 and "Traceback" not in busy.stderr
@@ -50,4 +50,4 @@ def test_two_coordinators_write_one_archive_at_once(dataset, fast_toml, tmp_path
     assert integrity(db) == "ok" and snapshot_problems(db) == []
     for name in ("first", "a", "b"):
         assert git_problems(db, name) == []
-    assert len(done_trials(db, "a")) == 8 and len(done_trials(db, "b")) == 8
+    assert len(done_trials(db, "a")) == 5 and len(done_trials(db, "b")) == 5

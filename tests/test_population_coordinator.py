@@ -22,13 +22,6 @@ ME = f"{HOST}:{os.getpid()}"
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store.open(tmp_path / "archive.db", create=True)
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def run(store):
     return store.create_run("r", {"budget": 1})
 

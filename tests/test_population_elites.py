@@ -7,20 +7,8 @@ import pytest
 
 from population.elites import AddStatus, EliteArchive
 from population.mapelites import Dim, Grid
-from population.store import ArchiveError, Store
+from population.store import ArchiveError
 from tests.support.archive import GRID, result, trained
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store.open(tmp_path / "archive.db", create=True)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def run(store):
-    return store.create_run("r1", {"budget": 60})
 
 
 def refs(store, *names):

@@ -12,19 +12,6 @@ from population.elites import AddStatus, EliteArchive
 from population.store import ArchiveError, DuplicateSource, DuplicateTrial, Store
 from tests.support.archive import GRID, result, trained
 
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store.open(tmp_path / "archive.db", create=True)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def run(store):
-    return store.create_run("r1", {"budget": 60})
-
-
 # ---------------------------------------------------------------- opening
 
 

@@ -42,7 +42,7 @@ def test_a_resource_bomb_is_stopped_with_its_own_outcome(name, expect, source, m
     assert r.sandboxed is (mode == "strict")
     named = NAMED[name][mode] if isinstance(NAMED[name], dict) else NAMED[name]
     assert named in r.message and "\n" not in r.message, r.message
-    assert r.seconds < 10, r.line()  # stopped by its limit, not by the wall clock
+    assert r.seconds < 30, r.line()  # stopped by its limit, not by the wall clock (budget + 120 s on CPU)
     if expect == "log_flood":
         assert BOMB_LIMITS["max_log_bytes"] // 2 < r.log_bytes <= BOMB_LIMITS["max_log_bytes"]
         log = "stdout.log" if name == "print_flood" else "stderr.log"

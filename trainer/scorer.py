@@ -48,6 +48,7 @@ from trainer.trial_config import EvalPlan
 
 CHECK_FRACTION = 0.25  # of the evaluation batches, each row cut at its own random point...
 MIN_CHECK_ROWS = 128  # ...but at least this many rows (all of a short evaluation)
+LATE_CUTS = 0.5  # of the cut rows: cut within the last eighth of the row, where a suffix-triggered peek lives
 WHOLE_ROWS = 0.25  # of the checked rows: not cut, only moved to another place in the batch
 MAX_ARTIFACT_BYTES = 16 << 30
 
@@ -118,6 +119,10 @@ def score(artifact_path: str | Path, dataset_dir: str | Path, plan: EvalPlan, de
                 if noise is None:  # float noise of this graph on this device: the same batch twice
                     noise = (run(x) - logp).abs().max().item()
                 cuts = torch.randint(1, T, (B,), generator=gen)
+                # Half the cut rows are cut in the last eighth of the row: a peek that fires only on a
+                # short future (a condition on "everything after t") is switched there, not mid-row.
+                late = torch.rand(B, generator=gen) < LATE_CUTS
+                cuts[late] = torch.randint(max(1, T - max(2, T // 8)), T, (int(late.sum()),), generator=gen)
                 # A quarter of the rows are kept whole: compared at every position (the last one
                 # too) after the batch's rows are put in another order.
                 cuts[torch.rand(B, generator=gen) < WHOLE_ROWS] = T

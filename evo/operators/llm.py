@@ -395,8 +395,10 @@ CONTRACT = """- train.py imports `from trainer import harness`; `h = harness.set
 - The trial runs sandboxed: no network, no validation data, no files outside its directory and the
   training split, no API keys. Scores from anything but the exported model do not exist.
 - The runner's own clock bounds launch -> hand-over at the budget plus a fixed allowance; a trial
-  over it is `over_budget`. Failures (unexportable, over_budget, cheated, crash, ...) are shown to
-  you with their error tail."""
+  over it is `over_budget`. Trials are bounded: over 8 MiB of output is `log_flood`; a huge file or
+  trial directory `disk_limit`; hundreds of processes `process_limit`; half the machine's RAM
+  `memory_limit`; a trial cannot start a new session (`setsid`). Failures (unexportable,
+  over_budget, cheated, crash, ...) are shown to you with their error tail."""
 
 _REPAIR = """\
 Your answer could not be used: {error}
