@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.hostile import header
+from tests.support.hostile import variants_in
 
 BOMBS = Path(__file__).resolve().parent.parent / "variants" / "bombs"
 HONEST = Path(__file__).resolve().parent.parent / "variants" / "bigram.py"
@@ -41,15 +41,7 @@ def resource_bombs(names: list[str] | None = None) -> list[tuple[str, str, str]]
     """(name, expected outcome, source) for every resource bomb, sorted by name."""
     from trainer.outcomes import LIMIT_OUTCOMES
 
-    out = []
-    for path in sorted(BOMBS.glob("*.py")):
-        source = path.read_text()
-        expect = header(source).get("expect")
-        if expect not in LIMIT_OUTCOMES:
-            raise ValueError(f"{path.name}: header has no resource-limit '# expect:' ({expect!r})")
-        if names is None or path.stem in names or path.name in names:
-            out.append((path.stem, expect, source))
-    return out
+    return variants_in(BOMBS, "expect", LIMIT_OUTCOMES, names)
 
 
 @dataclass

@@ -104,17 +104,23 @@ def options(source: str) -> dict:
     return opts
 
 
+def variants_in(folder: Path, key: str, allowed, names: list[str] | None = None) -> list[tuple[str, str, str]]:
+    """(name, the header's `# key:` value, source) for every variant in `folder`, by name; a
+    header value outside `allowed` is a broken test file, said at collection."""
+    out = []
+    for path in sorted(folder.glob("*.py")):
+        source = path.read_text()
+        value = header(source).get(key)
+        if value not in allowed:
+            raise ValueError(f"{path.name}: header has no known '# {key}:' ({value!r})")
+        if names is None or path.stem in names or path.name in names:
+            out.append((path.stem, value, source))
+    return out
+
+
 def hostile_variants(names: list[str] | None = None) -> list[tuple[str, str, str]]:
     """(name, class, source) for every hostile variant, sorted by class then name."""
-    out = []
-    for path in sorted(HOSTILE.glob("*.py")):
-        source = path.read_text()
-        cls = header(source).get("class")
-        if cls not in CLASSES:
-            raise ValueError(f"{path.name}: header has no known '# class:' ({cls!r})")
-        if names is None or path.stem in names or path.name in names:
-            out.append((path.stem, cls, source))
-    return sorted(out, key=lambda v: (CLASSES.index(v[1]), v[0]))
+    return sorted(variants_in(HOSTILE, "class", CLASSES, names), key=lambda v: (CLASSES.index(v[1]), v[0]))
 
 
 def markers(text: str) -> list[str]:
