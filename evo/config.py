@@ -28,6 +28,8 @@ class RunConfig:
     device: str = "auto"
     device_kind: str = "cpu"  # "cuda" or "cpu": which branch of `A if CUDA else B` the operators edit
     workers: int | None = None
+    executor: str = "local"  # local | ray: where trials run (evo.executors, evo.ray_executor)
+    ray_address: str | None = None  # the Ray cluster (`ray start --head` prints it); None: this machine's
     noise_seeds: int = NOISE_SEEDS  # replicate trials of the seed program that measure the noise
     champion_seeds: int = CHAMPION_SEEDS  # trials a champion must have before it is reported as one
     crossover_rate: float = 0.25

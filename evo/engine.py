@@ -46,7 +46,7 @@ from population.elites import AddResult, EliteArchive
 from population.errors import ClaimLost
 from population.records import Run
 from population.store import Store
-from trainer.outcomes import CANCELLED
+from trainer.outcomes import CANCELLED, LOST
 from trainer.runner import TrialResult
 
 STATUS_EVERY_S = 0.5  # the live status line refreshes twice a second; reading it more often is waste
@@ -136,7 +136,7 @@ class Engine:
         self._llm_calls = store.llm_spend(run.id)["calls"] if operator.spent_usd is not None else None
         self._trained_children = sum(1 for i in store.individuals(run.id)
                                      if i.n_trials and i.operator not in SEED_OPERATORS)
-        self._noise_owed = 0  # bootstrap trials not dispatched yet
+        self._noise_pending: deque[tuple[int, int]] = deque()  # bootstrap (individual, seed) not dispatched yet
         self._status_at = 0.0
 
     # ------------------------------------------------------------------ public
@@ -191,9 +191,9 @@ class Engine:
                     pass
         for fut, task in list(self.inflight.items()):  # cut off: resume re-runs them
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                _, result = fut.result()
+                where, result = fut.result()
                 if result.outcome != CANCELLED:
-                    self._record(task, result)
+                    self._record(task, result, where)
                     continue
             self.store.delete_trial(task.trial_id)
         if not isinstance(sys.exc_info()[1], ClaimLost):  # else another coordinator drives it now
@@ -288,18 +288,17 @@ class Engine:
         archive from what they measured. Resumable."""
         if self.archive is not None:
             return
-        pending = deque(bootstrap.owed_trials(self.store, self.run_record.id, self.cfg.noise_seeds))
+        pending = self._noise_pending
+        pending.extend(bootstrap.owed_trials(self.store, self.run_record.id, self.cfg.noise_seeds))
         self.reporter.message(f"bootstrap: training the seed program with {self.cfg.noise_seeds} seeds to measure noise")
         while (pending and not self.operator.broken) or self.inflight:
             while pending and len(self.inflight) < self.executor.size and not self.operator.broken:
                 self._dispatch(*pending.popleft(), kind="noise")
             # Generation 0's children are mutants of the seeds whatever the bootstrap measures, so
             # their proposals start now: a slow LLM is not left to start after the seed has trained.
-            self._noise_owed = len(pending)
             self._fill_proposals()
             self._report_status()
             self._wait_and_collect()
-        self._noise_owed = 0
         if self.operator.broken:  # before the grid: --resume trains the seeds it did not get to
             self._drain_proposals()
             self._stop_if_broken()
@@ -335,14 +334,14 @@ class Engine:
                 return
 
     def _trial_finished(self, fut: Future, task: Task) -> None:
-        _, result = fut.result()
+        where, result = fut.result()
         if result.outcome == CANCELLED:
             self.store.delete_trial(task.trial_id)
             return
-        self._record(task, result)
+        self._record(task, result, where)
 
-    def _record(self, task: Task, result: TrialResult) -> None:
-        self.store.finish_trial(task.trial_id, result.to_dict())
+    def _record(self, task: Task, result: TrialResult, where: str = "") -> None:
+        self.store.finish_trial(task.trial_id, {**result.to_dict(), "worker": where})
         self.finished_trials += 1
         self.failed_trials += not result.ok
         added: AddResult | None = None
@@ -356,7 +355,23 @@ class Engine:
             self.retrain.append(task.individual_id)
         if task.kind == "retrain" and added is not None and added.placed:
             self.revalidation.rechallenge(self.archive, ind)
+        if result.outcome == LOST:
+            self._train_lost_again(task, result)
         self.reporter.trial_done(ind, result, added is not None and added.placed, task.kind)
+
+    def _train_lost_again(self, task: Task, result: TrialResult) -> None:
+        """A trial whose machine was lost is trained once more (a new seed: the lost one stays on
+        record); a second loss of the same individual is the variant's, and it is left there."""
+        lost = sum(1 for t in self.store.trials(individual_id=task.individual_id, status="done") if t.outcome == LOST)
+        if lost > 1:
+            self.reporter.message(f"#{task.individual_id} lost its trial twice ({result.message}); not queued again")
+            return
+        self.reporter.message(f"#{task.individual_id}'s trial (seed {task.seed}) was lost: {result.message}; "
+                              "queued again")
+        if task.kind == "noise":
+            self._noise_pending.append((task.individual_id, self._next_seed(task.individual_id)))
+        elif task.individual_id not in self.retrain:
+            self.retrain.appendleft(task.individual_id)
 
     # ------------------------------------------------------------------ proposals
 
@@ -377,7 +392,7 @@ class Engine:
             return
         want = self.executor.size + self._proposal_threads
         if self.cfg.trials is not None:  # no paying for children the trial cap will never train
-            owed = len(self.inflight) + len(self.retrain) + self._noise_owed
+            owed = len(self.inflight) + len(self.retrain) + len(self._noise_pending)
             want = min(want, self.cfg.trials - self.finished_trials - owed)
         while len(self.ready) + len(self.proposing) < want and self._dispatch_allowed():
             if len(self.proposing) >= self.pace.in_flight(self._proposal_threads) or self.pace.wait_s() > 0:

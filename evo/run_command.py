@@ -71,7 +71,8 @@ def _seed_sources(cfg: RunConfig, seed_file: Path | None, data_hash: str) -> lis
 
 # What `--resume` may change: when to stop, how much to spend, where and how safely trials run.
 # Everything else is the experiment, stored with the run; changing it would mix two experiments.
-_RESUMABLE = {"generations", "trials", "hours", "max_llm_dollars", "max_proposals_per_child", "sandbox", "workers"}
+_RESUMABLE = {"generations", "trials", "hours", "max_llm_dollars", "max_proposals_per_child", "sandbox", "workers",
+              "executor", "ray_address"}
 
 
 def _refuse_changes(run, db: Path, flags: dict, **files: Path | None) -> None:
@@ -153,6 +154,23 @@ def _keep_key_from_trials() -> None:
         ctypes.CDLL(None).prctl(4, 0)  # PR_SET_DUMPABLE
 
 
+def _make_executor(cfg: RunConfig, say):
+    """Where the trials run: this machine's slots, or a Ray cluster (`--executor ray`)."""
+    from evo.executors import LocalExecutor, local_slots
+
+    if cfg.executor != "ray":
+        return LocalExecutor(local_slots(cfg.device, cfg.workers))
+    try:
+        from evo.ray_executor import RayExecutor
+    except ImportError:
+        raise EvoError("--executor ray needs Ray: pip install 'evo[ray]' (or pip install ray)") from None
+    where = cfg.ray_address or "this machine"
+    try:
+        return RayExecutor(cfg.ray_address, device=cfg.device, say=say)
+    except ConnectionError as e:
+        raise EvoError(f"--ray-address {where}: cannot reach a Ray cluster ({str(e).splitlines()[0]})") from None
+
+
 def run_command(**kwargs) -> None:
     """`_run_command`, and the run's claim released however it ends: finished, Ctrl-C, an error."""
     claimed: list = []  # (store, run id) once this process drives a run
@@ -170,11 +188,12 @@ def _run_command(*, db: Path, name: str | None, resume: bool, config_file: Path 
     from rich.text import Text
 
     from evo.engine import Engine
-    from evo.executors import LocalExecutor, local_slots
     from evo.reporting import ConsoleReporter
     from population.coordinator import this_process, who
     from population.store import Store
 
+    executor = None
+    reporter = ConsoleReporter(console)
     store_exists = db.exists()
     if resume:
         if not store_exists:
@@ -192,7 +211,7 @@ def _run_command(*, db: Path, name: str | None, resume: bool, config_file: Path 
         if run.status == "finished":
             console.print(f"run '{run.name}' already finished; resuming extends it with the current stop flags")
         cfg = RunConfig.from_dict(run.config)
-        for key in ("generations", "trials", "hours", "max_llm_dollars"):  # stop conditions may change on resume
+        for key in sorted(_RESUMABLE - {"sandbox"}):  # when to stop, what to spend, where trials run
             if flags.get(key) is not None:
                 setattr(cfg, key, flags[key])
         _sandbox(cfg, flags, console)
@@ -206,7 +225,11 @@ def _run_command(*, db: Path, name: str | None, resume: bool, config_file: Path 
         settings = load_toml(config_file) if config_file else {}
         settings.update({k: v for k, v in flags.items() if v is not None})
         cfg = RunConfig.from_dict(settings)
-        cuda = cfg.device != "cpu" and torch.cuda.is_available()
+        if cfg.executor == "ray":  # the cluster's devices, not this machine's, decide the defaults
+            executor = _make_executor(cfg, reporter.message)
+            cuda = executor.device == "cuda"
+        else:
+            cuda = cfg.device != "cpu" and torch.cuda.is_available()
         cfg.device_kind = "cuda" if cuda else "cpu"
         if "budget" not in settings:
             cfg.budget = defaults.GPU_BUDGET if cuda else defaults.CPU_BUDGET
@@ -238,8 +261,8 @@ def _run_command(*, db: Path, name: str | None, resume: bool, config_file: Path 
         raise EvoError(f"the run's data {cfg.dataset_dir} changed since it started (manifest {data.hash}, the run's "
                        f"is {run.data_manifest_hash}); its scores would not compare: start a new run on it")
     store.update_run(run.id, status="running")
-    executor = LocalExecutor(local_slots(cfg.device, cfg.workers))
-    reporter = ConsoleReporter(console)
+    if executor is None:
+        executor = _make_executor(cfg, reporter.message)
     engine = Engine(store, store.get_run(run.id), cfg, operator, executor, reporter)
     stop = (f"{cfg.generations} generations" if cfg.generations is not None else
             f"{cfg.trials} trials" if cfg.trials is not None else
@@ -303,6 +326,10 @@ def _print_summary(store, run, console: Console) -> None:
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help=f"Settings file (grid bins, noise seeds, ...) [./{defaults.CONFIG_FILE} if present].")
 @click.option("--device", default=None, help=DEVICE_HELP)
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+              help="Where trials run: this machine's GPUs (or CPU) [local], or a Ray cluster's (ray).")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="The Ray cluster for --executor ray, as `ray start --head` prints it [this machine's].")
 @click.option("--workers", type=int, default=None, callback=positive_int,
               help="Parallel trials [one per GPU; 1 on CPU].")
 @click.option("--noise-seeds", type=int, default=None, callback=positive_int,

@@ -494,9 +494,9 @@ class Store:
                 raise ArchiveError(f"trial {trial_id} is already finished")
             extra = {}
             for key, value in result.items():
-                if key in RESULT_COLUMNS or (key == "device" and value):
+                if key in RESULT_COLUMNS or (key in ("device", "worker") and value):
                     setattr(trial, key, value)
-                elif key not in ("seed", "device", "ok"):
+                elif key not in ("seed", "device", "worker", "ok"):
                     extra[key] = value
             trial.extra = extra or None
             trial.status = "done"

@@ -18,6 +18,9 @@ OUTCOMES = ("ok", "syntax_error", "import_error", "crash", "oom", "nan", "timeou
             "unexportable", "over_budget", *LIMIT_OUTCOMES)
 FAILURES = OUTCOMES[1:]
 CANCELLED = "cancelled"  # stopped by the user (Ctrl-C): not a result, never recorded as one
+# The machine or worker process running the trial was lost (an executor's outcome, e.g. a Ray node
+# that died): recorded, and the individual is trained once more, since the variant may not be to blame.
+LOST = "lost"
 
 _OOM = re.compile(r"OutOfMemoryError|out of memory|MemoryError|can't allocate memory|DefaultCPUAllocator|"
                   r"CUBLAS_STATUS_ALLOC_FAILED|std::bad_alloc")
