@@ -1,0 +1,111 @@
+"""A real PostgreSQL server for the tests, started in a temporary directory.
+
+Debian's `postgresql` package (installed by .ci/run) puts its server binaries in
+/usr/lib/postgresql/<major>/bin, not on PATH, so they are looked up there too. The server runs
+as the `postgres` user when the tests run as root (PostgreSQL refuses to run as root), listens
+on a free loopback port with its unix socket in the data directory, and has fsync off: the
+tests need speed, not durability. Each test gets a database of its own (`fresh_database`).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def binaries() -> Path | None:
+    """The directory holding `initdb`, `pg_ctl` and `postgres`, or None when none is installed."""
+    found = shutil.which("initdb")
+    if found and shutil.which("pg_ctl", path=str(Path(found).parent)):
+        return Path(found).parent
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True):
+        return Path(candidate).parent
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    bindir: Path
+    datadir: Path
+    port: int
+    user: str
+    _counter: int = 0
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def admin(self, sql: str) -> None:
+        """Run one statement outside a transaction (CREATE DATABASE needs that)."""
+        import psycopg
+
+        with psycopg.connect(host="127.0.0.1", port=self.port, user=self.user, dbname="postgres",
+                             autocommit=True) as conn:
+            conn.execute(sql)
+
+    def fresh_database(self) -> str:
+        """A new empty database; returns its URL."""
+        self._counter += 1
+        name = f"evo_test_{os.getpid()}_{self._counter}"
+        self.admin(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        _as_owner(self, [str(self.bindir / "pg_ctl"), "stop", "-D", str(self.datadir), "-m", "immediate", "-w"],
+                  check=False)
+        shutil.rmtree(self.datadir.parent, ignore_errors=True)
+
+
+def _as_owner(server_or_dir, args: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    """Run a server binary as the data directory's owner (`postgres` when we are root)."""
+    if os.geteuid() == 0:
+        args = ["runuser", "-u", "postgres", "--", *args]
+    return subprocess.run(args, capture_output=True, text=True, check=check, timeout=120)
+
+
+def start() -> Server:
+    """initdb + pg_ctl start in a new temporary directory (under /tmp, which the `postgres` user
+    can reach); returns the running server. `stop()` it at the end: that also removes the directory."""
+    bindir = binaries()
+    if bindir is None:
+        raise FileNotFoundError("PostgreSQL server binaries (initdb) not found")
+    tmp = Path(tempfile.mkdtemp(prefix="evo-pg-"))
+    datadir = tmp / "pgdata"
+    user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam("postgres")
+        os.chown(tmp, entry.pw_uid, entry.pw_gid)
+    _as_owner(None, [str(bindir / "initdb"), "-D", str(datadir), "-U", user, "-A", "trust", "-E", "UTF8",
+                     "--no-sync"])
+    port = _free_port()
+    options = f"-c listen_addresses=127.0.0.1 -k {datadir} -p {port} -c fsync=off -c synchronous_commit=off " \
+              "-c full_page_writes=off -c max_connections=200"
+    proc = _as_owner(None, [str(bindir / "pg_ctl"), "start", "-D", str(datadir), "-w", "-t", "60",
+                            "-l", str(datadir / "server.log"), "-o", options], check=False)
+    server = Server(bindir, datadir, port, user)
+    if proc.returncode != 0:
+        log = (datadir / "server.log").read_text(errors="replace")[-2000:] if (datadir / "server.log").exists() else ""
+        raise RuntimeError(f"PostgreSQL did not start: {proc.stderr.strip()} {log}")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            server.admin("SELECT 1")
+            return server
+        except Exception:
+            if time.monotonic() > deadline:
+                server.stop()
+                raise
+            time.sleep(0.2)
