@@ -772,14 +772,16 @@ class Store:
             by_status = dict(s.execute(
                 select(Individual.status, func.count()).where(Individual.run_id == run_id).group_by(Individual.status)
             ).all())
+            # grouped by the outcome itself: a server binds the two `outcome = 'ok'` of a grouped
+            # comparison as two parameters and refuses to see them as one expression
             trials = s.execute(
-                select(Trial.status, Trial.outcome == "ok", func.count())
+                select(Trial.status, Trial.outcome, func.count())
                 .where(Trial.run_id == run_id)
-                .group_by(Trial.status, Trial.outcome == "ok")
+                .group_by(Trial.status, Trial.outcome)
             ).all()
         sizes = {status: by_status.get(status, 0) for status in INDIVIDUAL_STATUSES}
         sizes["trials"] = sum(n for status, _, n in trials if status == "done")
-        sizes["failed"] = sum(n for status, ok, n in trials if status == "done" and not ok)
+        sizes["failed"] = sum(n for status, outcome, n in trials if status == "done" and outcome != "ok")
         sizes["running"] = sum(n for status, _, n in trials if status == "running")
         return sizes
 
