@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import subprocess
 import tempfile
 import threading
 import time
@@ -145,6 +146,15 @@ class GitStore:
         with self._lock:
             out = self.repo.git.for_each_ref("--format=%(objectname) %(refname)", *prefixes)
         return {name: sha for sha, _, name in (line.partition(" ") for line in out.splitlines())}
+
+    def missing(self, shas: list[str]) -> set[str]:
+        """Those of `shas` whose objects this repository lacks (one `git cat-file --batch-check`)."""
+        if not shas:
+            return set()
+        with self._lock:
+            out = subprocess.run(["git", f"--git-dir={self.path}", "cat-file", "--batch-check"], input="\n".join(shas),
+                                 capture_output=True, text=True, check=True).stdout
+        return {line.split()[0] for line in out.splitlines() if line.endswith(" missing")}
 
     def delete_ref(self, name: str) -> None:
         """Remove a ref (loose or packed). Rare (an elite moving cells), so `git` does it."""

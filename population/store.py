@@ -551,10 +551,11 @@ class Store:
         commit, the commit and its `refs/individuals/...` ref; the elite refs of every cell (and
         none for a cell no longer held); each run's branch on its best elite; HEAD on the newest
         run's branch. This is how each host gets its own mirror of a server's archive (`Store.open`
-        calls it there), and how a lost `archive.git` is rebuilt. Every rebuilt commit must come
-        out with the sha the database records, or this raises `ArchiveError` naming the
-        individual. Returns how many commits were written; an up-to-date store costs one query
-        and one `git for-each-ref`."""
+        calls it there), and how a lost `archive.git` is rebuilt. A commit the store lacks is made
+        from the database and must come out with the sha recorded, or this raises `ArchiveError`
+        naming the individual (one already there, e.g. written by an evo that stamped commits
+        with the wall clock, only gets its ref). Returns how many commits were written; an
+        up-to-date store costs one query and one `git for-each-ref`."""
         if self.git is None:
             raise ArchiveError(f"{self.name} has no git store to sync")
         have = self.git.refs("refs/individuals/", "refs/elites/", "refs/heads/")
@@ -564,12 +565,13 @@ class Store:
             rows = s.execute(select(Individual.id, Individual.run_id, Individual.commit)
                              .where(Individual.commit.is_not(None)).order_by(Individual.id)).all()
             commits = {r.id: r.commit for r in rows}
-            for row in rows:
-                ref = individual_ref(runs[row.run_id], row.id)
-                if have.get(ref) != row.commit:
+            stale = [r for r in rows if have.get(individual_ref(runs[r.run_id], r.id)) != r.commit]
+            absent = self.git.missing([r.commit for r in stale])
+            for row in stale:
+                if row.commit in absent:  # a commit this host has never seen: made from the database
                     self._rebuild_commit(s, row.id, commits)
-                    self.git.set_ref(ref, row.commit)
                     written += 1
+                self.git.set_ref(individual_ref(runs[row.run_id], row.id), row.commit)
             elites = s.execute(select(Elite.run_id, Elite.cell, Individual.commit)
                                .join(Individual, Elite.individual_id == Individual.id)).all()
         wanted = {elite_ref(runs[e.run_id], e.cell): e.commit for e in elites if e.commit}
