@@ -174,3 +174,23 @@ def short_run(dataset, fast_toml, tmp_path_factory):
     evo("run", "--db", db, "--name", "short", "--population", 3, "--generations", 1, "--budget", 1,
         "--config", fast_toml, "--data-dir", dataset.path, "--operator", "offline", cwd=work)
     return db, "short"
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def any_short_run(request, short_run):
+    """The short run's archive on each backend: the SQLite file itself, or a PostgreSQL database
+    holding a copy of its rows, whose git store is this host's mirror made from the database
+    (so every commit the engine wrote is rebuilt there and checked to have the same sha).
+    Returns (db path or URL, run name). The browser's tests read it on both."""
+    if request.param == "sqlite":
+        return short_run
+    return copy_to_postgres(request, short_run[0]), short_run[1]
+
+
+def copy_to_postgres(request, sqlite_path) -> str:
+    """A fresh database on the session's server with the rows of an SQLite archive; its URL."""
+    from tests.support.postgres import copy_archive
+
+    url = request.getfixturevalue("postgres_server").fresh_database()
+    copy_archive(sqlite_path, url)
+    return url

@@ -109,3 +109,31 @@ def start() -> Server:
                 server.stop()
                 raise
             time.sleep(0.2)
+
+
+def copy_archive(sqlite_path: Path, url: str) -> None:
+    """Copy every row of an SQLite archive into a new, empty database at `url`, table by table
+    through the models' own types (times, JSON), so the browser's tests read the same archive on
+    both backends. The server's id sequences are moved past the copied ids."""
+    from sqlalchemy import create_engine, select, text
+
+    from population.models import Base
+    from population.opening import _create
+
+    source = create_engine(f"sqlite:///{sqlite_path}")
+    target = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        _create(target)
+        with source.connect() as src, target.begin() as dst:
+            for table in Base.metadata.sorted_tables:
+                if table.name == "evo_meta":
+                    continue  # _create wrote the version
+                rows = [dict(r) for r in src.execute(select(table)).mappings()]
+                if rows:
+                    dst.execute(table.insert(), rows)
+                if "id" in table.c:
+                    dst.execute(text(f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
+                                     f"coalesce((SELECT max(id) FROM {table.name}), 0) + 1, false)"))
+    finally:
+        source.dispose()
+        target.dispose()
