@@ -14,6 +14,10 @@ one is checked against `models.SCHEMA_VERSION`:
   opener (the browsing commands) is refused with one line naming `evo migrate`, because it must
   not write and today's tables cannot be read from the old ones;
 - newer (written by a later evo): refused with one line saying to upgrade evo; nothing is written.
+
+A URL names a database on a server (PostgreSQL through psycopg 3): the same checks, the same
+migrations, writes serialised by an advisory lock as SQLite's are by its file lock, and a git
+store that is this host's mirror of what the database records (`mirror_dir`, `Store.sync_git`).
 """
 
 from __future__ import annotations
@@ -135,7 +139,7 @@ def _connect_reason(error: Exception) -> str:
     connection to server at "127.0.0.1", port 5999 failed: Connection refused` plus hints."""
     line = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
     reason = line.rsplit(" failed: ", 1)[-1].removeprefix("FATAL:").strip()
-    return reason[:1].lower() + reason[1:] if reason[:2] != reason[:2].upper() else reason
+    return reason[:1].lower() + reason[1:]  # "Connection refused" -> "connection refused"
 
 
 def _server_engine(url: URL, readonly: bool) -> Engine:

@@ -9,7 +9,9 @@ checked by `population.opening`) plus a git repository of the variants (`archive
   `with store.transaction():`, where every call in that thread joins the one transaction (so a
   read-decide-write policy such as the elite replace rule is atomic). On SQLite a write starts
   with `BEGIN IMMEDIATE` and the file runs in WAL mode, so readers (the web UI, `evo show` in a
-  second terminal, a read-only `Store`) never block the writer and are never blocked by it.
+  second terminal, a read-only `Store`) never block the writer and are never blocked by it. On
+  PostgreSQL a write starts by taking one advisory lock (`opening._server_engine`): writers of
+  every host queue on it the same way, and readers never wait.
   Writes from the engine's threads are also serialised by a process lock, so they queue on that
   rather than on SQLite's sleep-and-retry busy handler.
 - ORM rows never leave the store: methods return the frozen records of `population.records`.
