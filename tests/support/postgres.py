@@ -44,23 +44,29 @@ class Server:
     port: int
     user: str
     _counter: int = 0
+    _file_copy: bool | None = None
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
 
-    def admin(self, sql: str) -> None:
-        """Run one statement outside a transaction (CREATE DATABASE needs that)."""
+    def admin(self, sql: str):
+        """Run one statement outside a transaction (CREATE DATABASE needs that); its first value."""
         import psycopg
 
         with psycopg.connect(host="127.0.0.1", port=self.port, user=self.user, dbname="postgres",
                              autocommit=True) as conn:
-            conn.execute(sql)
+            cursor = conn.execute(sql)
+            row = cursor.fetchone() if cursor.description else None
+            return row[0] if row else None
 
     def fresh_database(self) -> str:
-        """A new empty database; returns its URL."""
+        """A new empty database; returns its URL. Copied file by file from the template where the
+        server can (PostgreSQL 15+): twice as fast as the default for a database this small."""
         self._counter += 1
         name = f"evo_test_{os.getpid()}_{self._counter}"
-        self.admin(f'CREATE DATABASE "{name}"')
+        if self._file_copy is None:
+            self._file_copy = int(self.admin("SHOW server_version_num")) >= 150000
+        self.admin(f'CREATE DATABASE "{name}"' + (" STRATEGY FILE_COPY" if self._file_copy else ""))
         return self.url(name)
 
     def stop(self) -> None:
