@@ -44,10 +44,27 @@ def data_dir_option(f):
                         help=f"Where prepared data lives [env {DATA_DIR_ENV}; default {DEFAULT_DATA_DIR}].")(f)
 
 
+class ArchiveLocation(click.ParamType):
+    """An archive as `evo run` takes it: an SQLite file path (a `Path`; next to it, the git store)
+    or a database URL such as `postgresql://user@host:5432/evo`, kept as the string it is (a
+    `Path` would fold its `//`)."""
+
+    name = "PATH|URL"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, Path) or "://" not in str(value):
+            path = Path(value)
+            if path.is_dir():
+                self.fail(f"{path} is a directory, not an archive file", param, ctx)
+            return path
+        return str(value)
+
+
 def archive_file_option(f):
-    """`--db` of `evo run`: the SQLite file it writes (next to it, the git store)."""
-    return click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=Path(DEFAULT_DB),
-                        show_default=True)(f)
+    """`--db` of `evo run`: the SQLite file it writes (next to it, the git store), or a server's URL
+    (the git store is then this host's mirror, `population.opening.mirror_dir`)."""
+    return click.option("--db", type=ArchiveLocation(), default=Path(DEFAULT_DB), show_default=True,
+                        help="The archive: an SQLite file, or a database URL (postgresql://user@host:port/db).")(f)
 
 
 def archive_option(f):

@@ -29,7 +29,13 @@ from evo.options import (
 from trainer.dataset import MANIFEST_NAME, Dataset
 
 
-def _parse_seed_from(spec: str) -> tuple[Path, str | None]:
+def _parse_seed_from(spec: str) -> tuple[Path | str, str | None]:
+    """`DB[:RUN]`: a file path, or a database URL whose run follows the database's name
+    (`postgresql://u@host:5432/evo:night-1`)."""
+    if "://" in spec:
+        head, slash, tail = spec.rpartition("/")
+        db, _, run = tail.partition(":")
+        return head + slash + db, (run or None)
     path, _, run = spec.partition(":")
     return Path(path), (run or None)
 
@@ -54,7 +60,8 @@ def _seed_sources(cfg: RunConfig, seed_file: Path | None, data_hash: str) -> lis
             elites = prior.elites(run.id)[: cfg.top]
             if not elites:
                 raise EvoError(f"run '{run.name}' in {path} has no elites to seed from")
-            return [(prior.get_individual(ind.id).source, defaults.SEED_FROM_OPERATOR, f"from {path.name}:{run.name} "
+            where = path.name if isinstance(path, Path) else prior.name
+            return [(prior.get_individual(ind.id).source, defaults.SEED_FROM_OPERATOR, f"from {where}:{run.name} "
                      f"#{ind.id} ({ind.val_bpb_mean:.4f}): {ind.hypothesis or ind.operator}") for _, ind in elites]
         finally:
             prior.close()
@@ -75,7 +82,7 @@ _RESUMABLE = {"generations", "trials", "hours", "max_llm_dollars", "max_proposal
               "executor", "ray_address"}
 
 
-def _refuse_changes(run, db: Path, flags: dict, **files: Path | None) -> None:
+def _refuse_changes(run, db: str, flags: dict, **files: Path | None) -> None:
     """One line naming every flag of `--resume` that would change the run's experiment."""
     stored = RunConfig.from_dict(run.config)
     changed = [f"--{k.replace('_', '-')}" for k, v in flags.items()
@@ -181,7 +188,7 @@ def run_command(**kwargs) -> None:
             store.release_run(run_id)
 
 
-def _run_command(*, db: Path, name: str | None, resume: bool, config_file: Path | None, seed_file: Path | None,
+def _run_command(*, db: Path | str, name: str | None, resume: bool, config_file: Path | None, seed_file: Path | None,
                  program: Path | None, data_dir: Path | None, console: Console, flags: dict, claimed: list) -> None:
     import torch
     from rich.live import Live
@@ -194,15 +201,14 @@ def _run_command(*, db: Path, name: str | None, resume: bool, config_file: Path 
 
     executor = None
     reporter = ConsoleReporter(console)
-    store_exists = db.exists()
     if resume:
-        if not store_exists:
+        if isinstance(db, Path) and not db.exists():
             raise EvoError(f"nothing to resume: {db} does not exist")
         store = Store.open(db)
         run = store.get_run(name) if name else store.latest_run()
         if run is None:
-            raise EvoError(f"nothing to resume: {db} has no runs")
-        _refuse_changes(run, db, flags, seed_file=seed_file, program=program, config_file=config_file,
+            raise EvoError(f"nothing to resume: {store.name} has no runs")
+        _refuse_changes(run, store.name, flags, seed_file=seed_file, program=program, config_file=config_file,
                         data_dir=data_dir)
         stale = store.claim_run(run.id)  # another live `evo run` driving it: one line, nothing written
         claimed.append((store, run.id))
@@ -245,7 +251,7 @@ def _run_command(*, db: Path, name: str | None, resume: bool, config_file: Path 
         _sandbox(cfg, flags, console)  # and --sandbox strict on a machine without one
         store = Store.open(db, create=True)  # refuses a file that is not an archive, writing nothing
         if name and any(r.name == name for r in store.list_runs()):
-            raise EvoError(f"run '{name}' already exists in {db} (use --resume to continue it, or another --name)")
+            raise EvoError(f"run '{name}' already exists in {store.name} (use --resume to continue it, or another --name)")
         cfg.dataset_dir = str(dataset.path)
         run = store.create_run(name or time.strftime(defaults.RUN_NAME_FORMAT), cfg.to_dict(), dataset.hash,
                                program_text, coordinator=this_process())
@@ -253,7 +259,7 @@ def _run_command(*, db: Path, name: str | None, resume: bool, config_file: Path 
         for source, op, hyp in seeds:
             store.add_individual(run.id, source, [], op, hyp, generation=0)
     if store.migrated:
-        console.print(f"{db}: migrated from archive schema {store.migrated[0]} to {store.migrated[1]}")
+        console.print(f"{store.name}: migrated from archive schema {store.migrated[0]} to {store.migrated[1]}")
     if not Path(cfg.dataset_dir, MANIFEST_NAME).exists():
         raise EvoError(f"the run's data {cfg.dataset_dir} is gone (run `evo prepare` again)")
     data = Dataset(cfg.dataset_dir).check()
@@ -267,14 +273,14 @@ def _run_command(*, db: Path, name: str | None, resume: bool, config_file: Path 
     stop = (f"{cfg.generations} generations" if cfg.generations is not None else
             f"{cfg.trials} trials" if cfg.trials is not None else
             f"{cfg.hours} h" if cfg.hours else "Ctrl-C (no --generations/--trials/--hours given)")
-    console.print(f"[bold]evo run[/] '{run.name}' in {db}: population {cfg.population}, budget {cfg.budget:g}s, "
+    console.print(f"[bold]evo run[/] '{run.name}' in {store.name}: population {cfg.population}, budget {cfg.budget:g}s, "
                   f"operator {cfg.operator}, {executor.describe()}, until {stop}")
     try:
         with Live(Text(""), console=console, refresh_per_second=2, transient=True) as live:
             reporter.live = live
             engine.run_loop()
     except KeyboardInterrupt:
-        console.print(f"\nstopped. Finished trials are kept; continue with: {defaults.resume_command(run.name, db)}")
+        console.print(f"\nstopped. Finished trials are kept; continue with: {defaults.resume_command(run.name, store.name)}")
         raise SystemExit(130)
     finally:
         reporter.live = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import subprocess
 import tempfile
 import threading
 import time
@@ -86,11 +87,15 @@ class GitStore:
         parents: list[str],
         message: str,
         trailers: dict[str, object] | None = None,
+        at: float | None = None,
     ) -> str:
         """Write a commit whose tree is just `train.py` = `source`; returns its sha.
 
         `message`'s first line is the subject; `trailers` become `Key: value` lines at the end
-        (`git log --format=%(trailers)` and `git interpret-trailers` read them).
+        (`git log --format=%(trailers)` and `git interpret-trailers` read them). `at` (seconds
+        since the epoch, default now) is the author and committer time: the archive passes a
+        time it stores, so that the commit, and its sha, is a function of the database alone
+        and every host's mirror of one archive agrees (`Store.sync_git`).
         """
         for p in parents:
             if not _SHA.fullmatch(p):
@@ -101,7 +106,7 @@ class GitStore:
         if trailers:
             lines = (f"{k}: {' '.join(str(v).split())}" for k, v in trailers.items())
             text += "\n\n" + "\n".join(lines)
-        stamp = f"{int(time.time())} +0000"
+        stamp = f"{int(time.time() if at is None else at)} +0000"
         with self._lock:
             blob = self._store(b"blob", source.encode())
             tree = self._store(b"tree", b"100644 " + FILENAME.encode() + b"\0" + blob)
@@ -135,6 +140,21 @@ class GitStore:
             with os.fdopen(fd, "w") as f:
                 f.write(text)
             os.replace(tmp, target)
+
+    def refs(self, *prefixes: str) -> dict[str, str]:
+        """Every ref under `prefixes` (e.g. "refs/elites/"), loose or packed, and its sha."""
+        with self._lock:
+            out = self.repo.git.for_each_ref("--format=%(objectname) %(refname)", *prefixes)
+        return {name: sha for sha, _, name in (line.partition(" ") for line in out.splitlines())}
+
+    def missing(self, shas: list[str]) -> set[str]:
+        """Those of `shas` whose objects this repository lacks (one `git cat-file --batch-check`)."""
+        if not shas:
+            return set()
+        with self._lock:
+            out = subprocess.run(["git", f"--git-dir={self.path}", "cat-file", "--batch-check"], input="\n".join(shas),
+                                 capture_output=True, text=True, check=True).stdout
+        return {line.split()[0] for line in out.splitlines() if line.endswith(" missing")}
 
     def delete_ref(self, name: str) -> None:
         """Remove a ref (loose or packed). Rare (an elite moving cells), so `git` does it."""

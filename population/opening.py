@@ -14,10 +14,16 @@ one is checked against `models.SCHEMA_VERSION`:
   opener (the browsing commands) is refused with one line naming `evo migrate`, because it must
   not write and today's tables cannot be read from the old ones;
 - newer (written by a later evo): refused with one line saying to upgrade evo; nothing is written.
+
+A URL names a database on a server (PostgreSQL through psycopg 3): the same checks, the same
+migrations, writes serialised by an advisory lock as SQLite's are by its file lock, and a git
+store that is this host's mirror of what the database records (`mirror_dir`, `Store.sync_git`).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,11 +111,20 @@ def _open_sqlite(shown: str, *, create: bool, readonly: bool, git_dir: str | Pat
     return _finish(engine, shown, state == "archive", readonly, git_path)
 
 
-def _url_engine(url: URL, *, create: bool) -> tuple[Engine, str, bool]:
+# The key of the one advisory lock every write transaction on a server takes first (`_server_engine`):
+# "evo" in ASCII, so a DBA reading pg_locks can tell whose it is.
+WRITE_LOCK_KEY = 0x65766F
+
+
+def _url_engine(url: URL, *, create: bool, readonly: bool = False) -> tuple[Engine, str, bool]:
     """A server's engine, its name for messages, and whether it holds an archive already."""
     shown = url.render_as_string(hide_password=True)
-    engine = create_engine(url)
-    tables = set(inspect(engine).get_table_names())
+    engine = _server_engine(url, readonly)
+    try:
+        tables = set(inspect(engine).get_table_names())
+    except sqlalchemy.exc.OperationalError as e:  # no server there, a wrong password, no such database
+        engine.dispose()
+        raise ArchiveError(f"cannot connect to {shown}: {_connect_reason(e)}") from None
     if tables and Meta.__tablename__ not in tables:
         engine.dispose()
         raise ArchiveError(f"{shown} holds other tables but no evo archive; nothing was written")
@@ -119,13 +134,70 @@ def _url_engine(url: URL, *, create: bool) -> tuple[Engine, str, bool]:
     return engine, shown, bool(tables)
 
 
+def _connect_reason(error: Exception) -> str:
+    """The driver's reason for a refused connection, short: psycopg says `connection failed:
+    connection to server at "127.0.0.1", port 5999 failed: Connection refused` plus hints."""
+    line = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    reason = line.rsplit(" failed: ", 1)[-1].removeprefix("FATAL:").strip()
+    return reason[:1].lower() + reason[1:]  # "Connection refused" -> "connection refused"
+
+
+def _server_engine(url: URL, readonly: bool) -> Engine:
+    """An engine for a database server. PostgreSQL goes through psycopg 3 (a bare
+    `postgresql://` names psycopg2 on SQLAlchemy 2.0).
+
+    Writes are serialised on every backend the same way: SQLite's write transaction is `BEGIN
+    IMMEDIATE`, which holds the file's write lock from the first statement, so a read-decide-write
+    inside `Store.transaction()` (the elite replace rule) is atomic. PostgreSQL's READ COMMITTED
+    would let two coordinators read the same elite and both replace it; so every write
+    transaction there takes one transaction-scoped advisory lock first, and each statement after
+    it sees every write committed before. A read-only opener's sessions are read-only on the
+    server, so the browser cannot write by mistake."""
+    if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("", "psycopg2"):
+        url = url.set(drivername="postgresql+psycopg")
+    postgres = url.get_backend_name() == "postgresql"
+    connect_args = {"options": "-c default_transaction_read_only=on"} if postgres and readonly else {}
+    try:
+        engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+    except (ImportError, sqlalchemy.exc.ArgumentError) as e:
+        raise ArchiveError(f"cannot open {url.render_as_string(hide_password=True)}: {e}") from None
+    if postgres:
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            if conn.get_execution_options().get("evo_write"):
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
+
+    return engine
+
+
+def mirror_dir(url: URL) -> Path:
+    """Where this host keeps its git mirror of a server's archive: a cache, rebuilt from the
+    database (`Store.sync_git`), so every host has one and none must be copied. `EVO_MIRRORS`
+    moves the directory (tests do)."""
+    root = Path(os.environ.get("EVO_MIRRORS") or Path.home() / ".cache" / "evo" / "mirrors")
+    name = f"{url.host or 'local'}-{url.port or 'default'}-{url.database or 'db'}"
+    return root / (re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".git")
+
+
 def _open_url(url: URL, *, create: bool, readonly: bool, git_dir: str | Path | None) -> OpenedArchive:
-    engine, shown, exists = _url_engine(url, create=create)
-    if git_dir is None and not readonly:
+    """A server's archive. Its git store is a mirror on this host (`mirror_dir` unless `git_dir`
+    names one), opened for readers too: `Store.open` brings it up to date from the database."""
+    engine, shown, exists = _url_engine(url, create=create, readonly=readonly)
+    if git_dir is None and url.get_backend_name() == "sqlite":  # in memory: no host to mirror for
+        if readonly:
+            return _finish(engine, shown, exists, readonly, None)
         engine.dispose()
-        raise ArchiveError(f"{shown} is a database server: pass git_dir (where the variants' git repository lives)")
-    git_path = Path(git_dir) if git_dir is not None else None
-    return _finish(engine, shown, exists, readonly, git_path)
+        raise ArchiveError(f"{shown} is a database in memory: pass git_dir (where the variants' git repository lives)")
+    git_path = Path(git_dir) if git_dir is not None else mirror_dir(url)
+    try:
+        if git_path.exists() and not (git_path / "objects").is_dir() and any(git_path.iterdir()):
+            raise ArchiveError(f"{git_path} exists but is not a git repository; refusing to write into it")
+        git = GitStore(git_path)
+    except BaseException:
+        engine.dispose()
+        raise
+    opened = _finish(engine, shown, exists, readonly, None)
+    return OpenedArchive(opened.engine, shown, git, readonly, opened.migrated)
 
 
 def _finish(engine: Engine, shown: str, exists: bool, readonly: bool, git_path: Path | None) -> OpenedArchive:
@@ -149,8 +221,12 @@ def _finish(engine: Engine, shown: str, exists: bool, readonly: bool, git_path: 
 
 
 def damaged(shown: str, error: Exception) -> str:
-    """The one line for an archive whose database cannot be read."""
-    cause = str(getattr(error, "orig", None) or error).splitlines()[0]
+    """The one line for an archive whose database cannot be read. Only an SQLite file can be
+    salvaged with `sqlite3 .recover`; a server's error is passed on as the server said it."""
+    orig = getattr(error, "orig", None)
+    cause = str(orig or error).strip().splitlines()[0]
+    if orig is not None and not isinstance(orig, sqlite3.Error):
+        return f"{shown}: the database server failed ({cause}); nothing more was written"
     return (f"{shown} is damaged ({cause}); nothing was written to it. Restore it from a copy, or salvage "
             f"what SQLite can read with `sqlite3 {shown} .recover | sqlite3 recovered.db`")
 
@@ -165,6 +241,8 @@ def _create(engine: Engine) -> None:
     from population import migrations
 
     with _write(engine) as conn, conn.begin():
+        if inspect(conn).has_table(Meta.__tablename__):  # another writer created it meanwhile
+            return
         Base.metadata.create_all(conn)
         conn.execute(Meta.__table__.insert(), {"key": "schema_version", "value": str(SCHEMA_VERSION)})
         migrations.stamp_head(conn)

@@ -9,7 +9,9 @@ checked by `population.opening`) plus a git repository of the variants (`archive
   `with store.transaction():`, where every call in that thread joins the one transaction (so a
   read-decide-write policy such as the elite replace rule is atomic). On SQLite a write starts
   with `BEGIN IMMEDIATE` and the file runs in WAL mode, so readers (the web UI, `evo show` in a
-  second terminal, a read-only `Store`) never block the writer and are never blocked by it.
+  second terminal, a read-only `Store`) never block the writer and are never blocked by it. On
+  PostgreSQL a write starts by taking one advisory lock (`opening._server_engine`): writers of
+  every host queue on it the same way, and readers never wait.
   Writes from the engine's threads are also serialised by a process lock, so they queue on that
   rather than on SQLite's sleep-and-retry busy handler.
 - ORM rows never leave the store: methods return the frozen records of `population.records`.
@@ -23,6 +25,7 @@ checked by `population.opening`) plus a git repository of the variants (`archive
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import math
 import re
@@ -39,7 +42,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker, undefer
 
 from population import coordinator as coordinators, records
 from population.errors import ArchiveError, ClaimLost, DuplicateSource, DuplicateTrial, RunBusy
-from population.gitstore import GitStore, branch_ref, individual_ref
+from population.gitstore import GitStore, branch_ref, elite_ref, individual_ref
 from population.models import (
     INDIVIDUAL_STATUSES,
     LLM_ROLES,
@@ -115,11 +118,18 @@ class Store:
         A writer migrates an archive of an older schema first (`self.migrated` says so); a
         read-only open of one is refused (`population.opening`).
         The git repository defaults to the file's name with `.git` (`archive.git/`); a server
-        URL has no file to sit next to, so a writer must pass `git_dir`.
+        URL has no file to sit next to, so its git store is a mirror on this host
+        (`opening.mirror_dir`, or `git_dir`), synced from the database here (`sync_git`).
         """
         opened = open_archive(path_or_url, create=create, readonly=readonly, git_dir=git_dir)
         store = cls(opened.engine, opened.name, readonly=opened.readonly, git=opened.git)
         store.migrated = opened.migrated
+        if store.git is not None and store.engine.url.get_backend_name() != "sqlite":
+            try:  # a server's archive: this host's git store is a mirror, brought up to date now
+                store.sync_git()
+            except BaseException:
+                store.close()
+                raise
         return store
 
     def close(self) -> None:
@@ -514,22 +524,90 @@ class Store:
         commits = dict(s.execute(
             select(Individual.id, Individual.commit).where(Individual.id.in_(ind.parents))
         ).all())
-        run_name = self.run_name(ind.run_id)
+        sha = self._write_commit(ind, trial, commits)
+        self.git.set_ref(individual_ref(self.run_name(ind.run_id), ind.id), sha)
+        return sha
+
+    def _write_commit(self, ind: Individual, trial: Trial, commits: Mapping[int, str | None]) -> str:
+        """An individual's commit, made from what the database holds and nothing else: its source
+        and hypothesis, the commits of its parents (`commits`: id -> sha), and its first finished
+        trial (the result trailers and the time stamp: `finished_at`). So `sync_git` on any host
+        writes the same commit, with the same sha, as the writer did."""
         trailers: dict[str, object] = {}
         if trial.val_bpb is not None:
             trailers["Val-bpb"] = f"{trial.val_bpb:.4f}"
         trailers.update({
             "Outcome": trial.outcome, "Seed": trial.seed, "Operator": ind.operator or "seed",
-            "Evo-run": run_name, "Evo-individual": ind.id,
+            "Evo-run": self.run_name(ind.run_id), "Evo-individual": ind.id,
         })
-        sha = self.git.commit(
+        return self.git.commit(
             ind.source or "",
             [commits[p] for p in ind.parents if commits.get(p)],
             ind.hypothesis or f"individual {ind.id}",
             trailers,
+            at=calendar.timegm(trial.finished_at.timetuple()),  # naive UTC, as every stored time
         )
-        self.git.set_ref(individual_ref(run_name, ind.id), sha)
-        return sha
+
+    def sync_git(self) -> int:
+        """Bring the git store up to date with the database: for every individual with a recorded
+        commit, the commit and its `refs/individuals/...` ref; the elite refs of every cell (and
+        none for a cell no longer held); each run's branch on its best elite; HEAD on the newest
+        run's branch. This is how each host gets its own mirror of a server's archive (`Store.open`
+        calls it there), and how a lost `archive.git` is rebuilt. A commit the store lacks is made
+        from the database and must come out with the sha recorded, or this raises `ArchiveError`
+        naming the individual (one already there, e.g. written by an evo that stamped commits
+        with the wall clock, only gets its ref). Returns how many commits were written; an
+        up-to-date store costs one query and one `git for-each-ref`."""
+        if self.git is None:
+            raise ArchiveError(f"{self.name} has no git store to sync")
+        have = self.git.refs("refs/individuals/", "refs/elites/", "refs/heads/")
+        written = 0
+        with self._reader() as s:
+            runs = dict(s.execute(select(Run.id, Run.name)).all())
+            rows = s.execute(select(Individual.id, Individual.run_id, Individual.commit)
+                             .where(Individual.commit.is_not(None)).order_by(Individual.id)).all()
+            commits = {r.id: r.commit for r in rows}
+            stale = [r for r in rows if have.get(individual_ref(runs[r.run_id], r.id)) != r.commit]
+            absent = self.git.missing([r.commit for r in stale])
+            for row in stale:
+                if row.commit in absent:  # a commit this host has never seen: made from the database
+                    self._rebuild_commit(s, row.id, commits)
+                    written += 1
+                self.git.set_ref(individual_ref(runs[row.run_id], row.id), row.commit)
+            elites = s.execute(select(Elite.run_id, Elite.cell, Individual.commit)
+                               .join(Individual, Elite.individual_id == Individual.id)).all()
+        wanted = {elite_ref(runs[e.run_id], e.cell): e.commit for e in elites if e.commit}
+        for run_id, name in runs.items():
+            best = self.best_elite_commit(run_id)
+            if best:
+                wanted[branch_ref(name)] = best
+        for ref, sha in wanted.items():
+            if have.get(ref) != sha:
+                self.git.set_ref(ref, sha)
+        for ref in have:
+            if ref.startswith("refs/elites/") and ref not in wanted:
+                self.git.delete_ref(ref)
+        if runs:
+            self.git.set_head(branch_ref(runs[max(runs)]))
+        return written
+
+    def _rebuild_commit(self, s: Session, individual_id: int, commits: Mapping[int, str | None]) -> None:
+        """Write an individual's commit again from the database and check it has the recorded sha.
+        Its first finished trial is the earliest by `finished_at`; should clocks of several hosts
+        disagree, the next ones are tried too."""
+        ind = s.get(Individual, individual_id, options=[undefer(Individual.source)])
+        trials = s.scalars(select(Trial).where(Trial.individual_id == ind.id, Trial.status == "done")
+                           .order_by(Trial.finished_at, Trial.id)).all()
+        first = None
+        for trial in trials:
+            sha = self._write_commit(ind, trial, commits)
+            if sha == ind.commit:
+                return
+            first = first or sha
+        got = f"makes {first[:12]}" if first else "has no finished trial to make it from"
+        raise ArchiveError(f"{self.name}: individual {ind.id} of run '{self.run_name(ind.run_id)}' records "
+                           f"commit {ind.commit[:12]}, but its data {got}; the git store was not updated "
+                           "past it (was the archive changed by hand?)")
 
     def trials(
         self,
@@ -698,14 +776,16 @@ class Store:
             by_status = dict(s.execute(
                 select(Individual.status, func.count()).where(Individual.run_id == run_id).group_by(Individual.status)
             ).all())
+            # grouped by the outcome itself: a server binds the two `outcome = 'ok'` of a grouped
+            # comparison as two parameters and refuses to see them as one expression
             trials = s.execute(
-                select(Trial.status, Trial.outcome == "ok", func.count())
+                select(Trial.status, Trial.outcome, func.count())
                 .where(Trial.run_id == run_id)
-                .group_by(Trial.status, Trial.outcome == "ok")
+                .group_by(Trial.status, Trial.outcome)
             ).all()
         sizes = {status: by_status.get(status, 0) for status in INDIVIDUAL_STATUSES}
         sizes["trials"] = sum(n for status, _, n in trials if status == "done")
-        sizes["failed"] = sum(n for status, ok, n in trials if status == "done" and not ok)
+        sizes["failed"] = sum(n for status, outcome, n in trials if status == "done" and outcome != "ok")
         sizes["running"] = sum(n for status, _, n in trials if status == "running")
         return sizes
 

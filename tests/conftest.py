@@ -54,12 +54,61 @@ def requires_sandbox():
         pytest.skip(why)
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session (tests/support/postgres.py). Skipped where its
+    binaries are missing, except in CI, where that is a failure (.ci/run installs them)."""
+    import os
+
+    from tests.support import postgres
+
+    if postgres.binaries() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is required in CI: no initdb found (.ci/run installs Debian's postgresql)")
+        pytest.skip("PostgreSQL server binaries (initdb) not installed")
+    server = postgres.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mirrors(tmp_path_factory):
+    """Git mirrors of server archives go to a directory of the session, not ~/.cache."""
+    import os
+
+    os.environ["EVO_MIRRORS"] = str(tmp_path_factory.mktemp("mirrors"))
+
+
+# Every archive backend; the store-level, engine, resume, browse and web tests run on each, as
+# Optuna tests every storage.
+BACKENDS = ("sqlite", "postgresql")
+
+
+# A test of one backend's own behaviour (SQLite's WAL readers, files beside the archive)
+# overrides the fixture's parameters with this mark.
+sqlite_only = pytest.mark.parametrize("backend", ["sqlite"])
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def store(tmp_path):
-    """A new, empty archive (SQLite file and git store) in the test's directory."""
+def archive_url(backend, tmp_path, request) -> str:
+    """Where a test's new archive goes: an SQLite file in its directory, or a fresh database on
+    the session's PostgreSQL server."""
+    if backend == "sqlite":
+        return str(tmp_path / "archive.db")
+    return request.getfixturevalue("postgres_server").fresh_database()
+
+
+@pytest.fixture
+def store(archive_url, tmp_path):
+    """A new, empty archive (database and git store) on each backend."""
     from population.store import Store
 
-    s = Store.open(tmp_path / "archive.db", create=True)
+    s = Store.open(archive_url, create=True, git_dir=tmp_path / "archive.git")
     yield s
     s.close()
 
@@ -125,3 +174,23 @@ def short_run(dataset, fast_toml, tmp_path_factory):
     evo("run", "--db", db, "--name", "short", "--population", 3, "--generations", 1, "--budget", 1,
         "--config", fast_toml, "--data-dir", dataset.path, "--operator", "offline", cwd=work)
     return db, "short"
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def any_short_run(request, short_run):
+    """The short run's archive on each backend: the SQLite file itself, or a PostgreSQL database
+    holding a copy of its rows, whose git store is this host's mirror made from the database
+    (so every commit the engine wrote is rebuilt there and checked to have the same sha).
+    Returns (db path or URL, run name). The browser's tests read it on both."""
+    if request.param == "sqlite":
+        return short_run
+    return copy_to_postgres(request, short_run[0]), short_run[1]
+
+
+def copy_to_postgres(request, sqlite_path) -> str:
+    """A fresh database on the session's server with the rows of an SQLite archive; its URL."""
+    from tests.support.postgres import copy_archive
+
+    url = request.getfixturevalue("postgres_server").fresh_database()
+    copy_archive(sqlite_path, url)
+    return url

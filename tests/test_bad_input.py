@@ -105,13 +105,27 @@ def test_an_empty_or_unreadable_program_is_refused_with_the_llm_operator(dataset
     assert not db.exists()
 
 
-def test_seed_from_a_run_on_other_data_is_refused(short_run, dataset, corpus_dir, tmp_path):
+def test_seed_from_a_run_on_other_data_is_refused(any_short_run, dataset, corpus_dir, tmp_path):
+    """From an SQLite file and from a PostgreSQL URL (`postgresql://…/db:RUN`)."""
     from trainer.prepare import prepare
 
-    prior_db, prior_name = short_run
+    prior_db, prior_name = any_short_run
     other = prepare("files", paths=[str(corpus_dir)], data_dir=tmp_path / "other", vocab_size=300, val_fraction=0.2)
     db = tmp_path / "next.db"
     _one_line_error(evo("run", "--db", db, "--seed-from", f"{prior_db}:{prior_name}", "--trials", 1,
                         "--data-dir", other.path, "--operator", "offline", cwd=tmp_path, check=False),
                     "trained on other data")
     assert not db.exists()
+
+
+def test_a_database_server_that_is_not_there_is_one_line(dataset, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql://evo@127.0.0.1:{port}/archive"
+    for args in (("runs", "--db", url), ("run", "--db", url, "--trials", 1, "--operator", "offline", "--data-dir", dataset.path),
+                 ("migrate", "--db", url)):
+        line = _one_line_error(evo(*args, cwd=tmp_path, check=False), "cannot connect")
+        assert line == f"Error: cannot connect to {url}: connection refused"

@@ -1,5 +1,5 @@
 """The browsing commands through the real `evo` console script, against the real archive of a
-short `evo run` (the `short_run` fixture): the right ids, hypotheses, diffs and files come out,
+short `evo run` (the `any_short_run` fixture: on SQLite and on PostgreSQL): the right ids, hypotheses, diffs and files come out,
 and what a user can get wrong ends in one `Error:` line."""
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from tests.support.archive import child_elite
 
 
 @pytest.fixture(scope="module")
-def archive(short_run):
-    """(db, run name, a read-only Store) for reading what the commands should print."""
-    db, name = short_run
+def archive(any_short_run):
+    """(db, run name, a read-only Store) for reading what the commands should print, on each
+    backend (an SQLite file, a PostgreSQL URL)."""
+    db, name = any_short_run
     store = Store.open(db, readonly=True)
     yield db, name, store
     store.close()

@@ -23,21 +23,28 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 
 @pytest.fixture(scope="module")
-def served(short_run, tmp_path_factory):
-    """`evo ui` on a copy of the short run's archive (one test writes to it), on a free port."""
-    db, name = short_run
-    work = tmp_path_factory.mktemp("ui")
-    for path in db.parent.iterdir():
-        if path.name.startswith("archive."):
-            (shutil.copytree if path.is_dir() else shutil.copy)(path, work / path.name)
-    proc = subprocess.Popen(["evo", "ui", "--db", str(work / "archive.db"), "--port", "0"],
+def served(any_short_run, short_run, tmp_path_factory, request):
+    """`evo ui` on a copy of the short run's archive (one test writes to it), on a free port, on
+    each backend: an SQLite file and its git store, or a PostgreSQL database of its rows."""
+    db, name = any_short_run
+    if isinstance(db, Path):
+        work = tmp_path_factory.mktemp("ui")
+        for path in db.parent.iterdir():
+            if path.name.startswith("archive."):
+                (shutil.copytree if path.is_dir() else shutil.copy)(path, work / path.name)
+        db = work / "archive.db"
+    else:
+        from tests.conftest import copy_to_postgres
+
+        db = copy_to_postgres(request, short_run[0])
+    proc = subprocess.Popen(["evo", "ui", "--db", str(db), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()  # the server prints its address once it listens
     match = re.search(r"http://127\.0\.0\.1:\d+/", line)
     if match is None:
         proc.kill()
         pytest.fail(f"evo ui did not start: {line}{proc.stderr.read()}")
-    yield match.group(0), work / "archive.db", name
+    yield match.group(0), db, name
     proc.terminate()
     proc.wait(timeout=10)
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,14 +18,17 @@ from population.store import Store
 from tests.conftest import evo, start_evo
 
 
-def _git(db, *args) -> str:
-    return subprocess.run(["git", "--git-dir", str(db.with_suffix(".git")), *args], capture_output=True,
+def _git(repo, *args) -> str:
+    return subprocess.run(["git", "--git-dir", str(repo), *args], capture_output=True,
                           text=True, check=True).stdout.strip()
 
 
-def test_short_run_leaves_an_archive_and_git_store_that_agree(short_run):
-    db, name = short_run
-    store = Store.open(db, readonly=True)
+def test_short_run_leaves_an_archive_and_git_store_that_agree(any_short_run):
+    """On PostgreSQL the archive is a copy of the run's rows and its git store this host's
+    mirror, rebuilt from them: it must agree just the same."""
+    name = any_short_run[1]
+    store = Store.open(any_short_run[0], readonly=True)
+    repo = store.git.path
     run = store.get_run(name)
     assert run.status == "finished" and run.noise_sd is not None
     inds = store.individuals(run.id)
@@ -35,11 +40,11 @@ def test_short_run_leaves_an_archive_and_git_store_that_agree(short_run):
     by_id = {i.id: i for i in inds}
     for ind in trained:
         ind = store.get_individual(ind.id)  # the source column loads on demand
-        assert _git(db, "show", f"{ind.commit}:train.py") == ind.source.rstrip("\n")
-        parents = _git(db, "rev-list", "--parents", "-n1", ind.commit).split()[1:]
+        assert _git(repo, "show", f"{ind.commit}:train.py") == ind.source.rstrip("\n")
+        parents = _git(repo, "rev-list", "--parents", "-n1", ind.commit).split()[1:]
         assert parents == [by_id[p].commit for p in ind.parents]
         assert hashlib.sha256(ind.source.encode()).hexdigest() == ind.source_hash
-        message = _git(db, "log", "-1", "--format=%B", ind.commit)
+        message = _git(repo, "log", "-1", "--format=%B", ind.commit)
         assert (ind.hypothesis or "") in message and "Outcome:" in message
     # each elite is the best in its cell by the noise-aware rule, and git's elite refs point at it
     elites = store.elites(run.id)
@@ -48,7 +53,7 @@ def test_short_run_leaves_an_archive_and_git_store_that_agree(short_run):
         rivals = [i for i in trained if i.cell == elite.cell and i.n_ok and i.id != holder.id]
         for r in rivals:
             assert not is_improvement(r.val_bpb_mean, r.n_ok, holder.val_bpb_mean, holder.n_ok, run.noise_sd)
-        assert _git(db, "rev-parse", f"refs/elites/{name}/{elite.cell}") == holder.commit
+        assert _git(repo, "rev-parse", f"refs/elites/{name}/{elite.cell}") == holder.commit
     # each individual trained on the lowest free seeds, 0, 1, ... (the schema's unique (individual,
     # seed) pair already rules out a seed trained twice); every trial finished; generations recorded
     trials = store.trials(run.id)
@@ -94,7 +99,7 @@ def _start(args, cwd):
 def _wait_for_trials(db, name, n, proc, timeout=300):
     t0 = time.time()
     while time.time() - t0 < timeout:
-        if db.exists():
+        if isinstance(db, str) or db.exists():  # a server's URL: the archive appears with the run
             try:
                 if len(_done_trials(db, name)) >= n:
                     return
@@ -105,8 +110,10 @@ def _wait_for_trials(db, name, n, proc, timeout=300):
     raise AssertionError("run made no progress")
 
 
-def test_ctrl_c_then_sigkill_then_resume_loses_and_repeats_nothing(dataset, fast_toml, tmp_path):
-    db = tmp_path / "archive.db"
+def test_ctrl_c_then_sigkill_then_resume_loses_and_repeats_nothing(dataset, fast_toml, tmp_path, archive_url):
+    """On each backend. On PostgreSQL the git store is this host's mirror; another host's, made
+    from the database afterwards, must hold the same commits under the same refs."""
+    db = Path(archive_url) if "://" not in archive_url else archive_url
     args = ["run", "--db", db, "--name", "r", "--population", 4, "--trials", 7, "--budget", 1,
             "--config", fast_toml, "--data-dir", dataset.path, "--operator", "offline"]
     proc = _start(args, tmp_path)
@@ -136,6 +143,13 @@ def test_ctrl_c_then_sigkill_then_resume_loses_and_repeats_nothing(dataset, fast
         trials = store.trials(run.id)
         assert run.status == "finished" and all(t.status == "done" for t in trials)
         assert len(trials) == 7  # each (individual, seed) once: the cut-off trial was re-run, not added
+        commits = {i.commit for i in store.individuals(run.id) if i.commit}
+        graph = _git(store.git.path, "log", "--graph", "--all", "--format=%H")
+        assert commits and commits <= set(re.findall(r"[0-9a-f]{40}", graph))
+        refs = _git(store.git.path, "for-each-ref")
+    if isinstance(db, str):
+        with Store.open(db, readonly=True, git_dir=tmp_path / "other-host.git") as other:
+            assert _git(other.git.path, "for-each-ref") == refs
 
 
 def test_seed_from_a_prior_archive_starts_from_its_top_elites(short_run, fast_toml, dataset, tmp_path):

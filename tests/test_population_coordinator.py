@@ -1,17 +1,17 @@
 """A run's coordinator claim (Store.claim_run / heartbeat / release_run, population.coordinator):
-real SQLite files, real processes for the liveness rules."""
+real archives on every backend, real processes for the liveness rules."""
 
 from __future__ import annotations
 
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import text
 
 from population import coordinator
 from population.models import utcnow
@@ -38,14 +38,11 @@ def sqltime(dt) -> str:
 
 
 def set_claim(store, run_id, **columns):
-    """Write claim columns behind the store's back (another process's claim, or an old one)."""
-    con = sqlite3.connect(store.engine.url.database)
-    try:
-        sets = ", ".join(f"{k} = ?" for k in columns)
-        con.execute(f"UPDATE runs SET {sets} WHERE id = ?", [*columns.values(), run_id])
-        con.commit()
-    finally:
-        con.close()
+    """Write claim columns behind the store's back (another process's claim, or an old one), in
+    plain SQL on the archive's own engine (an SQLite file or a server)."""
+    sets = ", ".join(f"{k} = :{k}" for k in columns)
+    with store.engine.begin() as conn:
+        conn.execute(text(f"UPDATE runs SET {sets} WHERE id = :run_id"), {**columns, "run_id": run_id})
 
 
 def test_a_free_run_is_claimed_by_this_process_and_released(store, run):
@@ -141,16 +138,16 @@ def test_a_coordinator_whose_claim_was_taken_over_is_told_to_stop(store, run):
     assert store.release_run(run.id) is False
 
 
-def test_two_coordinators_claiming_at_once_one_wins(tmp_path):
+def test_two_coordinators_claiming_at_once_one_wins(archive_url, tmp_path):
     """Each claim reads and writes under the write lock: of two live claimants, one is refused."""
-    path = tmp_path / "archive.db"
-    with Store.open(path, create=True) as s:
+    path, git = archive_url, tmp_path / "archive.git"
+    with Store.open(path, create=True, git_dir=git) as s:
         run_id = s.create_run("r", {}).id
     claimants = [f"{HOST}:{os.getpid()}", f"{HOST}:{os.getppid()}"]  # both alive
     barrier, outcomes = threading.Barrier(2), []
 
     def claim(who):
-        with Store.open(path) as s:
+        with Store.open(path, git_dir=git) as s:
             barrier.wait()
             try:
                 outcomes.append(("won", s.claim_run(run_id, who)))
@@ -167,7 +164,7 @@ def test_two_coordinators_claiming_at_once_one_wins(tmp_path):
     assert sorted(outcomes) == [("refused", holder), ("won", None)]
 
 
-def test_a_read_only_store_cannot_claim(store, run, tmp_path):
-    with Store.open(tmp_path / "archive.db", readonly=True) as reader:
+def test_a_read_only_store_cannot_claim(store, run, archive_url):
+    with Store.open(archive_url, readonly=True) as reader:
         with pytest.raises(ArchiveError, match="open read-only"):
             reader.claim_run(run.id)

@@ -1,13 +1,14 @@
-"""The elite archive over a real SQLite archive and git store: placement, the noise-aware
+"""The elite archive over a real archive (SQLite and PostgreSQL) and git store: placement, the noise-aware
 replace rule, what `add` says happened, and git following every change."""
 
 import subprocess
+import threading
 
 import pytest
 
 from population.elites import AddStatus, EliteArchive
 from population.mapelites import Dim, Grid
-from population.store import ArchiveError
+from population.store import ArchiveError, Store
 from tests.support.archive import GRID, result, trained
 
 
@@ -124,3 +125,37 @@ def test_two_archives_of_one_run_keep_its_branch_on_the_best_elite(store, run):
     store.finish_trial(store.start_trial(b.id, 1).id, result(1.5, params=2_000_000))
     assert first.add(b.id).status is AddStatus.HELD
     assert refs(store, "r1") == [a.commit]
+
+
+def test_concurrent_writers_lose_no_elite_update(archive_url, tmp_path):
+    """Four coordinators (each its own Store: its own connections, no shared process lock) race
+    challengers into one cell. Each add reads the cell's elite, decides and writes in one
+    transaction; were those not serialised across connections (PostgreSQL's READ COMMITTED
+    without the advisory write lock), two adds would read the same incumbent and the worse
+    challenger could be seated last. The cell must end with the best challenger of all."""
+    git = tmp_path / "archive.git"
+    with Store.open(archive_url, create=True, git_dir=git) as s:
+        run = s.create_run("r1", {})
+    writers, barrier, errors = 4, threading.Barrier(4), []
+
+    def challenge(k):
+        try:
+            with Store.open(archive_url, git_dir=git) as s:
+                archive = EliteArchive(s, run.id, GRID, None)
+                mine = [trained(s, run, f"writer {k} try {i}\n", 2.0 - (i * writers + k) / 1000) for i in range(8)]
+                barrier.wait()
+                for ind in mine:
+                    archive.add(ind.id)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=challenge, args=(k,)) for k in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    with Store.open(archive_url, readonly=True, git_dir=git) as s:
+        [(elite, holder)] = s.elites(run.id)
+        best = s.best(run.id)[0]
+    assert (elite.cell, holder.id, holder.val_bpb_mean) == ("1,2", best.id, pytest.approx(2.0 - 31 / 1000))

@@ -1,13 +1,14 @@
 """The git store, checked with the real `git` a user would run on it."""
 
 import subprocess
+import time
 
 import pytest
 
 from population.elites import EliteArchive
 from population.gitstore import GitStore
 from population.mapelites import Dim, Grid
-from population.store import Store
+from population.store import ArchiveError, Store
 
 SEED = "lr = 0.02\nlayers = 4\n"
 
@@ -119,3 +120,57 @@ def test_store_commits_each_individual_with_its_lineage(tmp_path):
         assert all(h in graph for h in ("the seed", "raise lr", "deeper", "both"))
         git(repo, "fsck", "--strict", "--no-dangling")
         assert store.git.merge_base(a.commit, b.commit) == seed.commit
+
+
+def _mirror_state(repo):
+    """What two mirrors of one archive must agree on: every ref and its sha, HEAD, the graph."""
+    return (git(repo, "for-each-ref", "--format=%(refname) %(objectname)"), git(repo, "symbolic-ref", "HEAD"),
+            git(repo, "log", "--graph", "--all", "--format=%H %an %at %s%n%b"))
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_hosts_mirror_is_rebuilt_from_the_database_with_the_same_shas(archive_url, tmp_path):
+    """A server's archive is written through one host's git store (A); another host's mirror (B,
+    empty) is then made from the database alone, and has the same commits, shas and refs."""
+    from sqlalchemy import text
+
+    from tests.support.archive import GRID, result, trained
+
+    a, b = tmp_path / "a.git", tmp_path / "b.git"
+    with Store.open(archive_url, create=True, git_dir=a) as s:
+        run = s.create_run("night-1", {})
+        archive = EliteArchive(s, run.id, GRID, None)
+        seed = trained(s, run, SEED, 1.3)
+        left = trained(s, run, SEED.replace("0.02", "0.03"), 1.2, parents=[seed.id])
+        right = trained(s, run, SEED.replace("4", "6"), 1.0, parents=[seed.id], params=2_000_000)
+        cross = trained(s, run, "lr = 0.03\nlayers = 6\n", 1.1, parents=[left.id, right.id])
+        crashed = trained(s, run, "x = 1\n", None, parents=[cross.id], outcome="crash")
+        for ind in (seed, left, right, cross, crashed):
+            archive.add(ind.id)
+        # an elite moving cells leaves its old one to the next best: refs move and vanish
+        s.finish_trial(s.start_trial(left.id, 1).id, result(1.2, params=2_000_000))
+        archive.add(left.id)
+        later = s.create_run("night-2", {})
+        trained(s, later, SEED, 1.25)
+        want = _mirror_state(a)
+    time.sleep(1.1)  # the mirror is made a second later: a commit stamped "now" would differ
+    with Store.open(archive_url, readonly=True, git_dir=b) as mirror:
+        assert _mirror_state(b) == want
+        assert mirror.sync_git() == 0  # up to date: nothing written again
+    assert "refs/elites/night-1/1,2" in want[0] and want[1].strip() == "refs/heads/night-2"
+    git(b, "fsck", "--strict", "--no-dangling")
+    # the writer goes on; the mirror catches up on its next open
+    with Store.open(archive_url, git_dir=a) as s:
+        newer = trained(s, s.get_run("night-1"), "x = 2\n", 1.05, parents=[cross.id])
+        EliteArchive(s, run.id, GRID, None).add(newer.id)
+        want = _mirror_state(a)
+    with Store.open(archive_url, readonly=True, git_dir=b) as mirror:
+        assert _mirror_state(b) == want
+    # without git_dir a host's mirror is its cache's, made the same way
+    with Store.open(archive_url, readonly=True) as mirror:
+        assert _mirror_state(mirror.git.path) == want
+    # data that no longer makes the recorded commit is an error naming the individual
+    with Store.open(archive_url, git_dir=a) as s, s.engine.begin() as conn:
+        conn.execute(text("UPDATE individuals SET hypothesis = 'edited' WHERE id = :id"), {"id": left.id})
+    with pytest.raises(ArchiveError, match=rf"individual {left.id} of run 'night-1' records commit {left.commit[:12]}"):
+        Store.open(archive_url, readonly=True, git_dir=tmp_path / "c.git")

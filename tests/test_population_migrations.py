@@ -271,3 +271,68 @@ def test_the_revisions_ship_as_package_data():
     assert needed and {p.name for p in needed} >= {"0001_baseline.py", "0002_run_coordinator.py"}
     for path in needed:
         assert any(path.relative_to(root).match(g) for g in globs), path
+
+
+@pytest.fixture
+def v1_on_postgres(postgres_server, v1) -> str:
+    """The schema-1 asset's rows in a fresh PostgreSQL database at schema 1: the baseline revision's
+    tables, no alembic_version (schema 1 predates Alembic), every row copied. Its individuals'
+    commits are left out: the asset ships without its git store, and an evo of schema 1 stamped
+    commits with the wall clock, so no mirror could be made of them."""
+    from sqlalchemy import MetaData, select, text
+
+    url = postgres_server.fresh_database()
+    source = create_engine(f"sqlite:///{v1}")
+    target = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with target.begin() as conn:
+            from alembic import command
+
+            command.upgrade(migrations.config(conn), migrations.revision(1))
+            conn.execute(text("DROP TABLE alembic_version"))
+        old, new = MetaData(), MetaData()
+        old.reflect(source)
+        new.reflect(target)
+        with source.connect() as src, target.begin() as dst:
+            for table in new.sorted_tables:
+                if table.name != "evo_meta":
+                    rows = [dict(r) for r in src.execute(select(old.tables[table.name])).mappings()]
+                    if rows:
+                        dst.execute(table.insert(), rows)
+                    dst.execute(text(f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
+                                     f"coalesce((SELECT max(id) FROM {table.name}), 0) + 1, false)"))
+            dst.execute(text('UPDATE individuals SET "commit" = NULL'))
+    finally:
+        source.dispose()
+        target.dispose()
+    return url
+
+
+def test_a_schema_1_archive_on_postgresql_migrates_with_evo_migrate(v1_on_postgres, tmp_path):
+    """The same revisions run on a server, in one transaction there too; then it is written and read."""
+    url = v1_on_postgres
+    with pytest.raises(ArchiveError, match=f"has archive schema version 1; .* `evo migrate --db {url}`"):
+        Store.open(url, readonly=True, git_dir=tmp_path / "mirror.git")
+    done = evo("migrate", "--db", url, cwd=tmp_path)
+    assert done.stderr.replace("\n", " ").strip() == f"{url}: migrated from archive schema 1 to {SCHEMA_VERSION}"
+    with Store.open(url, git_dir=tmp_path / "mirror.git") as store:
+        assert store.migrated is None
+        [old] = store.list_runs()
+        assert store.claim_run(old.id) is None and store.release_run(old.id)
+        run = store.create_run("after-migration", {"budget": 1})
+        ind = store.add_individual(run.id, "x = 1\n", [], "seed", "the first of schema 2")
+        store.finish_trial(store.start_trial(ind.id, 0, "cpu", "w0").id, result(0.9))
+        assert store.get_individual(ind.id).commit
+        assert len(store.trials(old.id)) == len(rows(ASSET)["trials"])
+    assert "after-migration" in evo("runs", "--db", url, cwd=tmp_path).stdout
+
+    # Alembic's own comparison of the migrated tables with the models: nothing to add or drop
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    finally:
+        engine.dispose()

@@ -10,6 +10,7 @@ import pytest
 
 from population.elites import AddStatus, EliteArchive
 from population.store import ArchiveError, DuplicateSource, DuplicateTrial, Store
+from tests.conftest import sqlite_only
 from tests.support.archive import GRID, result, trained
 
 # ---------------------------------------------------------------- opening
@@ -110,6 +111,7 @@ def test_foreign_git_dir_is_refused(tmp_path):
     assert sorted(p.name for p in (tmp_path / "archive.git").iterdir()) == ["notes.txt"]
 
 
+@sqlite_only
 def test_reader_is_not_blocked_by_a_writer_holding_the_lock(tmp_path, store, run):
     reader = Store.open(tmp_path / "archive.db", readonly=True)
     writer = sqlite3.connect(tmp_path / "archive.db", isolation_level=None)
@@ -126,8 +128,8 @@ def test_reader_is_not_blocked_by_a_writer_holding_the_lock(tmp_path, store, run
     reader.close()
 
 
-def test_reader_and_writer_concurrently(tmp_path, store, run):
-    reader = Store.open(tmp_path / "archive.db", readonly=True)
+def test_reader_and_writer_concurrently(archive_url, store, run):
+    reader = Store.open(archive_url, readonly=True)
     errors = []
 
     def read():
@@ -190,7 +192,7 @@ def test_runs(store):
         store.update_run(a.id, status="paused")
 
 
-def test_run_errors(store, tmp_path):
+def test_run_errors(store):
     assert store.latest_run() is None
     with pytest.raises(ArchiveError, match=r"\(runs: none yet\)"):
         store.get_run("x")
@@ -198,7 +200,7 @@ def test_run_errors(store, tmp_path):
     store.create_run("b", {})
     with pytest.raises(ArchiveError) as err:
         store.get_run("x")
-    assert str(err.value) == f"unknown run 'x' in {tmp_path / 'archive.db'} (runs: a, b)"
+    assert str(err.value) == f"unknown run 'x' in {store.name} (runs: a, b)"
     with pytest.raises(ArchiveError, match="run 'a' already exists"):
         store.create_run("a", {})
     for bad in ("has space", "a/b", "..", "x..y", "x.lock", "-x", ""):
