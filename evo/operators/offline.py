@@ -120,7 +120,7 @@ def _literal_value(node: ast.expr) -> Value | None:
         return None
     if isinstance(node, ast.Tuple) and node.elts:
         items = tuple(_literal_value(e) for e in node.elts)
-        ok = all(type(i) in (int, float) for i in items)
+        ok = all(type(i) is float for i in items)  # betas, momenta: (0.8, 0.95); not sizes
         return items if ok else None
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         v = node.value
