@@ -130,6 +130,10 @@ def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
                          "which hands the model to the scorer")
     if split != "train":
         raise ValueError(f"make_dataloader: split must be 'train', got {split!r}")
+    return _packed_batches(B, T, buffer_size)  # the checks above run at the call, not at the first batch
+
+
+def _packed_batches(B: int, T: int, buffer_size: int):
     tokens = _h.data.train_tokens
     start = 0 if not _h.seed else int(np.random.default_rng(_h.seed).integers(0, len(tokens)))
     docs = _documents(tokens, _h.bos_id, start)
