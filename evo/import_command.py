@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from evo.options import archive_file_option, console
+from evo.options import archive_file_option
 
 
 @click.group("import")
@@ -30,10 +30,10 @@ def autoresearch(path, branch, results, name, db):
 
     with Store.open(db, create=True) as store:
         summary = import_autoresearch(store, path, branch=branch, results=results, name=name)
-    console.print(f"imported {summary.individuals} experiments of {path} (branch {summary.branch}) as run "
+    click.echo(f"imported {summary.individuals} experiments of {path} (branch {summary.branch}) as run "
                   f"'{summary.run_name}' in {db}: {summary.kept} kept, {summary.discarded} discarded, "
                   f"{summary.crashed} crashed; their val_bpb are autoresearch's, shown as imported")
     for line in summary.skipped:
-        console.print(f"  skipped {line}")
-    console.print(f"next: evo lineage {summary.tip} --db {db}  |  evo run --seed-from {db}:{summary.run_name} "
+        click.echo(f"  skipped {line}")
+    click.echo(f"next: evo lineage {summary.tip} --db {db}  |  evo run --seed-from {db}:{summary.run_name} "
                   f"(re-trains the best kept ones under evo before they compete)")
