@@ -149,7 +149,7 @@ def test_evo_run_from_an_autoresearch_seed_with_their_program_md(dataset, tmp_pa
     system = "\n".join(b["text"] for b in requests[0].system_blocks)
     program_at = system.index("ZEBRA-RESEARCH-HINT")
     contract_at = system.index("`evaluate_bpb(model, tokenizer, batch_size)` last")
-    assert program_at < contract_at < system.index("results.tsv, keeping or discarding")
+    assert program_at < contract_at < system.index("a program's own loop (git, results.tsv")
     assert "Hypothesis" in system[contract_at:]  # the answer format follows, whatever the program said
     with Store.open(tmp_path / "archive.db", readonly=True) as store:
         run = store.get_run("ar")
@@ -189,7 +189,7 @@ def test_import_autoresearch_gives_the_branch_as_lineage_and_seed_from_retrains(
     cfg = tmp_path / "evo.toml"
     cfg.write_text(fast_toml.read_text().replace("noise_seeds = 2", "noise_seeds = 1"))
     evo("run", "--db", db, "--name", "again", "--seed-from", f"{db}:autoresearch-mar5", "--top", 2,
-        "--operator", "offline", "--budget", 2, "--trials", 3, "--population", 1, "--config", cfg,
+        "--operator", "offline", "--budget", 2, "--trials", 2, "--population", 1, "--config", cfg,
         "--data-dir", dataset.path, cwd=tmp_path, timeout=300)
     con = sqlite3.connect(db)
     try:

@@ -332,8 +332,11 @@ class LLMOperator:
 
     def _system(self, ctx: ArchiveContext) -> list[dict]:
         """The stable prefix, cached: the program and the seed change only between runs."""
-        text = _SYSTEM.format(program=ctx.program or self._default_program, contract=contract_for(self._seed_source),
-                              answer_format=ANSWER_FORMAT)
+        program = ctx.program or self._default_program
+        rules = contract_for(self._seed_source)
+        if program.strip() != self._default_program.strip():
+            rules += FOREIGN_PROGRAM_RULE
+        text = _SYSTEM.format(program=program, contract=rules, answer_format=ANSWER_FORMAT)
         if self._seed_source:
             text += f"\n\n# The seed train.py this run started from\n\n```python\n{self._seed_source}```\n"
         return [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]
@@ -409,11 +412,12 @@ _COMMON_RULES = """- The trial runs sandboxed: no network, no validation data, n
   over it is `over_budget`. Trials are bounded: over 8 MiB of output is `log_flood`; a huge file or
   trial directory `disk_limit`; hundreds of processes `process_limit`; half the machine's RAM
   `memory_limit`; a trial cannot start a new session (`setsid`). Failures (unexportable,
-  over_budget, cheated, crash, ...) are shown to you with their error tail.
-- You answer each request once, in the answer format below. Instructions in the research program
-  about running commands, git commits, results.tsv, keeping or discarding, or looping forever belong
-  to the agent loop evo replaces: evo trains every child, records it and selects; take the program's
-  research guidance, not its procedure."""
+  over_budget, cheated, crash, ...) are shown to you with their error tail."""
+# Shown after a program that is not evo's own (`--program`, e.g. autoresearch's program.md, which
+# is written for an agent that runs a loop itself).
+FOREIGN_PROGRAM_RULE = """
+- Answer once, in the answer format: a program's own loop (git, results.tsv, keep/discard, never
+  stop) is evo's job; take its research guidance."""
 CONTRACT = _HARNESS_RULES + _COMMON_RULES
 PREPARE_CONTRACT = _PREPARE_RULES + _COMMON_RULES
 
