@@ -270,3 +270,28 @@ def test_offline_operator_mutates_autoresearchs_constant_block_and_keeps_it_vali
         assert all(0 < b < 1 for b in child["ADAM_BETAS"].value)
         assert validate_child(p.source) is None
     assert {"TOTAL_BATCH_SIZE", "WINDOW_PATTERN", "ADAM_BETAS", "DEPTH", "MATRIX_LR", "DEVICE_BATCH_SIZE"} <= seen
+
+
+PLANTED_HANDOVER = '''
+import json, os, time
+from trainer import trial_config
+slot = os.path.dirname(json.load(open(os.environ[trial_config.CONFIG_ENV]))["artifact_path"])
+os.symlink(os.path.join(json.load(open(os.environ[trial_config.CONFIG_ENV]))["dataset_dir"], "train.bin"),
+           os.path.join(slot, trial_config.ARTIFACT_NAME))
+open(os.path.join(slot, trial_config.HANDOVER_NAME), "w").write("{}")
+for _ in range(500):
+    if os.path.exists(os.path.join(slot, trial_config.SCORE_NAME)):
+        print("answer", open(os.path.join(slot, trial_config.SCORE_NAME)).read())
+        break
+    time.sleep(0.02)
+'''
+
+
+def test_a_planted_hand_over_is_not_scored(dataset, tmp_path):
+    """A hand-over marker next to a symlink instead of a model: the runner copies only a regular
+    file of one link, so nothing is scored and the trial's answer says so."""
+    result = run_trial(PLANTED_HANDOVER, dataset_dir=dataset.path, budget=2, eval_tokens=4096, eval_seq_len=64,
+                       workdir=tmp_path)
+    assert result.outcome == "no_result" and result.val_bpb is None, (result.outcome, result.message)
+    answer = (tmp_path / "stdout.log").read_text()
+    assert '"outcome": "no_result"' in answer and '"val_bpb": null' in answer
