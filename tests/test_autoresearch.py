@@ -183,6 +183,8 @@ def test_import_autoresearch_gives_the_branch_as_lineage_and_seed_from_retrains(
     assert [re.search(r"imported (\w+) keep", s).group(1) for s in steps] == night.kept
     assert [s.split("autoresearch: ")[1].strip() for s in steps] == ["baseline", "increase LR to 0.02",
                                                                        "halve the device batch"]
+    shown = evo("show", by_commit[night.crashed].id, "--db", db, cwd=tmp_path).stdout
+    assert re.search(rf"imported +val_bpb -, crash, commit {night.crashed}", shown), shown
     listing = evo("runs", "--db", db, cwd=tmp_path).stdout
     assert re.search(r"autoresearch-mar5 .* 0 +3\.0100 imported", listing), listing
 

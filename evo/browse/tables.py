@@ -81,6 +81,11 @@ def individual_panel(ind: Individual, run: Run, parents: Sequence[Individual], e
     table.add_column()
     table.add_row("individual", f"{fmt.label(ind)}  [dim](run {run.name}, generation {ind.generation})[/]")
     table.add_row("val_bpb", f"{fmt.score(ind)}  [dim]{ind.n_trials} trial(s), {ind.n_trials - ind.n_ok} failed[/]")
+    recorded = imported_rows(run).get(ind.id)
+    if recorded:  # another tool's number: shown for what it is, never a measurement
+        table.add_row("imported", f"val_bpb {fmt.bpb(recorded['val_bpb'])}, {recorded['status']}, commit "
+                                  f"{recorded['commit']} [dim](recorded by {run.config['imported']['kind']}, "
+                                  f"not measured by evo)[/]")
     status = ind.status + (f": {ind.rejected_reason}" if ind.rejected_reason else "")
     if elite_cell:
         status += f", [green]elite of cell {elite_cell}[/]"
