@@ -15,6 +15,7 @@ import click
 from evo.browse.commands import BROWSE_COMMANDS
 from evo.datasets import resolve_dataset
 from evo.defaults import CPU_BUDGET, GPU_BUDGET
+from evo.import_command import import_group
 from evo.migrate_command import migrate
 from evo.options import DEVICE_HELP, console, data_dir_option, positive, sandbox_choice
 from evo.run_command import run
@@ -120,6 +121,7 @@ def trial(path, budget, seed, device, data_dir, keep_dir, sandbox):
 
 main.add_command(run)
 main.add_command(migrate)
+main.add_command(import_group)
 for command in BROWSE_COMMANDS:
     main.add_command(command)
 

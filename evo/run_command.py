@@ -43,6 +43,7 @@ def _parse_seed_from(spec: str) -> tuple[Path | str, str | None]:
 def _seed_sources(cfg: RunConfig, seed_file: Path | None, data_hash: str) -> list[tuple[str, str, str]]:
     """(source, operator, hypothesis) for generation 0's starting programs. A prior run seeds
     only from the same data: its scores, noise and grid are measurements on its tokens."""
+    from evo.autoresearch_import import imported_rows, seeds_from_import
     from population.store import Store
 
     if cfg.seed_from:
@@ -52,6 +53,14 @@ def _seed_sources(cfg: RunConfig, seed_file: Path | None, data_hash: str) -> lis
             run = prior.get_run(run_name) if run_name else prior.latest_run()
             if run is None:
                 raise EvoError(f"{path} has no runs to seed from")
+            if imported_rows(run):  # another tool's record: its programs, re-trained here before they compete
+                rows = imported_rows(run)
+                picked = seeds_from_import(run, cfg.top)
+                if not picked:
+                    raise EvoError(f"run '{run.name}' in {path} has no kept experiment with a recorded val_bpb")
+                return [(prior.get_individual(i).source, defaults.SEED_FROM_OPERATOR,
+                         f"from {path.name}:{run.name} #{i} (imported {rows[i]['val_bpb']:.4f}, "
+                         f"{rows[i]['commit']}): {prior.get_individual(i, source=False).hypothesis}") for i in picked]
             if run.data_manifest_hash and run.data_manifest_hash != data_hash:
                 raise EvoError(f"--seed-from {cfg.seed_from}: run '{run.name}' trained on other data (manifest "
                                f"{run.data_manifest_hash}, this run's is {data_hash}); pass its --data-dir "
@@ -194,6 +203,7 @@ def _run_command(*, db: Path | str, name: str | None, resume: bool, config_file:
     from rich.live import Live
     from rich.text import Text
 
+    from evo.autoresearch_import import imported_rows
     from evo.engine import Engine
     from evo.reporting import ConsoleReporter
     from population.coordinator import this_process, who
@@ -208,6 +218,9 @@ def _run_command(*, db: Path | str, name: str | None, resume: bool, config_file:
         run = store.get_run(name) if name else store.latest_run()
         if run is None:
             raise EvoError(f"nothing to resume: {store.name} has no runs")
+        if imported_rows(run):
+            raise EvoError(f"run '{run.name}' was imported, not trained by evo: start from it with "
+                           f"--seed-from {store.name}:{run.name}")
         _refuse_changes(run, store.name, flags, seed_file=seed_file, program=program, config_file=config_file,
                         data_dir=data_dir)
         stale = store.claim_run(run.id)  # another live `evo run` driving it: one line, nothing written

@@ -342,6 +342,22 @@ class Store:
                 **_parent_columns(parents),
             )))
 
+    def add_imported(self, run_id: int, source: str, parents: list[int], operator: str, hypothesis: str,
+                     generation: int = 0) -> records.Individual:
+        """An individual brought in from another tool's record (`evo import`), status "imported":
+        never trained here, so it has no trial, no measured score and no cell; what the other tool
+        recorded is kept with its run (run.config["imported"]) and shown, never compared. A source
+        already in the run is returned as it is (a tool may log one file twice)."""
+        digest = source_hash(source)
+        with self._session(write=True) as s:
+            existing = s.scalar(select(Individual).where(Individual.run_id == run_id, Individual.source_hash == digest))
+            if existing is not None:
+                return freeze(existing)
+            return freeze(_add(s, Individual(
+                run_id=run_id, source=source, source_hash=digest, operator=operator, hypothesis=hypothesis,
+                generation=generation, status="imported", **_parent_columns(parents),
+            )))
+
     def add_rejected(
         self,
         run_id: int,

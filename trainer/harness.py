@@ -48,6 +48,8 @@ import torch
 from trainer.dataset import Dataset
 from trainer.trial_config import (
     CONFIG_ENV,
+    HANDOVER_NAME,
+    SCORE_NAME,
     TrialConfig,
     default_budget,
     eval_plan,
@@ -125,6 +127,7 @@ class Harness:
         self._timed_tokens = 0  # tokens of the counted steps: throughput excludes the warmup
         self._last_loss: float | None = None
         self._last_log = 0.0
+        self._loader_batches = 0  # batches of trainer.autoresearch's loader (variants that never call h.step)
 
     # --- context for the variant -----------------------------------------------------------
 
@@ -161,6 +164,18 @@ class Harness:
             if self.is_cuda:
                 rows = rows.pin_memory().to(self.device, non_blocking=True)
             yield rows[:, :-1], rows[:, 1:]
+
+    def _count_loader_batch(self, tokens: int) -> None:
+        """The account of an autoresearch-style variant, which keeps its own clock and never calls
+        `step`: its tokens are those its data loader served, its training time runs from the first
+        batch to the hand-over."""
+        now = time.time()
+        if self._first_batch is None:
+            self._first_batch = self._last = now
+        self._loader_batches += 1
+        self.steps += 1
+        self.tokens += tokens
+        self._timed_tokens += tokens
 
     # --- the time budget ----------------------------------------------------------------------
 
@@ -218,6 +233,8 @@ class Harness:
         """
         self.sync()
         t0 = time.time()
+        if self._loader_batches and not self.training_seconds and self._first_batch is not None:
+            self.training_seconds = t0 - self._first_batch
         params = sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else None
         # Export the eager module behind a torch.compile wrapper.
         model = getattr(model, "_orig_mod", model)
@@ -241,16 +258,50 @@ class Harness:
         tps = self._timed_tokens / self.training_seconds if self.training_seconds > 0 else None
         report = {"params": params, "tokens_per_second": tps, "mfu": self._mfu(flops_per_token, tps),
                   "export_seconds": time.time() - t0, "extra": extra or {}}
+        if (extra or {}).get("attention"):
+            report["attention"] = str(extra["attention"])
         self._report(report)
         if not self.cfg.artifact_path:
             self._score_here(path, report)
         return report
+
+    def hand_over(self, model, flops_per_token: float | None = None, extra: dict | None = None,
+                  wait: float = 3600.0) -> float | None:
+        """`finish`, then wait for the scorer's val_bpb of the model handed over (None if it was not
+        scored). For interfaces whose evaluation call returns the score (autoresearch's
+        `evaluate_bpb`): the runner sees the hand-over marker, scores the artifact in its own
+        scorer process and writes back only the number. One hand-over per trial: the runner
+        ignores any later one, and the trial ends shortly after."""
+        report = self.finish(model, flops_per_token=flops_per_token, extra=extra)
+        if not self.cfg.artifact_path:
+            return report.get("val_bpb")  # standalone: scored right here
+        slot = Path(self.cfg.artifact_path).parent
+        answer = slot / SCORE_NAME
+        with contextlib.suppress(OSError):
+            answer.unlink()
+        marker = slot / (HANDOVER_NAME + ".tmp")
+        marker.write_text("{}")
+        os.replace(marker, slot / HANDOVER_NAME)
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            try:
+                verdict = json.loads(answer.read_text())
+            except (OSError, ValueError):
+                time.sleep(0.02)
+                continue
+            value = verdict.get("val_bpb") if isinstance(verdict, dict) else None
+            if verdict.get("outcome") not in (None, "ok"):
+                print(f"harness: the scorer did not score the model: {verdict.get('outcome')} "
+                      f"({verdict.get('message', '')})", file=sys.stderr, flush=True)
+            return float(value) if isinstance(value, (int, float)) else None
+        return None
 
     def _score_here(self, path: Path, report: dict) -> None:
         from trainer.runner import TrialResult, format_summary
         from trainer.scorer import score
 
         result = score(path, self.cfg.dataset_dir, self.eval, str(self.device))
+        report["val_bpb"] = result.get("val_bpb") if result.get("outcome") == "ok" else None
         print(format_summary(TrialResult.from_dict({**self._timings(), **report, **result, "seed": self.seed})))
 
     # --- reporting ----------------------------------------------------------------------------

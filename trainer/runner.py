@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -39,8 +40,10 @@ from trainer.sandbox import Sandbox, resolve as resolve_sandbox
 from trainer.trial_config import (
     ARTIFACT_NAME,
     CONFIG_ENV,
+    HANDOVER_NAME,
     LOG_BYTES,
     REPORT_NAME,
+    SCORE_NAME,
     TMPFS_BYTES,
     EvalPlan,
     ResourceLimits,
@@ -87,6 +90,7 @@ class TrialResult:
     export_seconds: float | None = None
     checked_rows: int | None = None  # rows the scorer's causality check cut and compared
     sandboxed: bool | None = None
+    attention: str | None = None  # the trainer's word on a substituted attention kernel (autoresearch's FA3)
 
     @property
     def ok(self) -> bool:
@@ -106,9 +110,11 @@ def scrubbed_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "evo" / "inductor"))
     env["PYTHONUNBUFFERED"] = "1"
     # The variant imports the coordinator's own harness, also from a source checkout that was
-    # never pip-installed (a GPU box with the repo copied over).
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join([root, *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)])
+    # never pip-installed (a GPU box with the repo copied over). First of all: autoresearch's
+    # module names (`prepare`, `kernels`, `flash_attn_interface`), so that they are evo's.
+    here = Path(__file__).resolve().parent
+    env["PYTHONPATH"] = os.pathsep.join([str(here / "autoresearch_path"), str(here.parent),
+                                         *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)])
     env["HF_HUB_OFFLINE"] = "1"
     env.update(extra or {})
     return env
@@ -244,14 +250,19 @@ def _reuse_servers(gpu: bool) -> bool:
     return sys.platform.startswith("linux") and not gpu and os.environ.get("EVO_TRIAL_START", "fork") != "spawn"
 
 
-def _supervise(proc, limit: float, cancel: threading.Event | None) -> tuple[bool, bool]:
+def _supervise(proc, limit: float, cancel: threading.Event | None,
+               watch: Callable[[], float | None] | None = None) -> tuple[bool, bool]:
     """Wait for a child; kill its group `limit` seconds after it started, or when cancelled.
+    `watch`, called each tick, may move the kill time (it returns the new one, or None).
     Returns (timed_out, cancelled)."""
-    started = time.time()
+    deadline = time.time() + limit
     timed_out = cancelled = False
     try:
         while proc.poll() is None:
-            if time.time() - started > limit:
+            moved = watch() if watch is not None else None
+            if moved is not None:
+                deadline = moved
+            elif time.time() > deadline:
                 timed_out = True
                 _kill_group(proc)
             elif cancel is not None and cancel.is_set():
@@ -294,10 +305,64 @@ def _collect(slot: Path, work: Path) -> None:
             shutil.move(entry.path, str(work / entry.name))
 
 
+AFTER_SCORE_GRACE = 30.0  # seconds a trainer may go on after its score came back (its own prints, exit)
+
+
+class _Handover:
+    """A hand-over made while the trainer still runs (autoresearch's `evaluate_bpb` returns the
+    score): the trainer writes HANDOVER_NAME next to its artifact; the runner copies the artifact
+    out through a descriptor it checked (a regular file of one link: no symlink or hard link the
+    variant planted), scores it in the scorer process, keeps the verdict and writes only the
+    val_bpb back into the slot. The first hand-over is the trial's; the trainer then has
+    AFTER_SCORE_GRACE seconds to exit, and the kill clock does not run while the scorer works."""
+
+    def __init__(self, score: Callable[[Path], dict], bound: float, work: Path):
+        self._score, self._bound, self._work = score, bound, work
+        self.at: float | None = None
+        self.verdict: dict | None = None
+
+    def watch(self, slot: Path, proc) -> float | None:
+        if self.at is not None or not (slot / HANDOVER_NAME).exists():
+            return None
+        self.at = time.time()
+        handover = self.at - (proc.started_at or self.at)
+        if handover > self._bound:
+            self.verdict = {"outcome": "over_budget", "message": f"{handover:.1f}s from launch to hand-over; the "
+                                                                 f"limit is {self._bound:.1f}s (budget + allowance)"}
+        elif not _take_artifact(slot / ARTIFACT_NAME, self._work / ARTIFACT_NAME):
+            self.verdict = {"outcome": "no_result", "message": "handed over without a model file"}
+        else:
+            self.verdict = self._score(self._work / ARTIFACT_NAME)
+        ok = self.verdict.get("outcome") == "ok"
+        answer = {"outcome": self.verdict.get("outcome"), "message": self.verdict.get("message", ""),
+                  "val_bpb": self.verdict.get("val_bpb") if ok else None}
+        with contextlib.suppress(OSError):
+            tmp = slot / (SCORE_NAME + ".tmp")
+            tmp.write_text(json.dumps(answer))
+            os.replace(tmp, slot / SCORE_NAME)
+        if self.verdict.get("outcome") == CANCELLED:
+            _kill_group(proc)
+        return time.time() + AFTER_SCORE_GRACE
+
+
+def _take_artifact(path: Path, dest: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            return False
+        with open(dest, "wb") as out:
+            shutil.copyfileobj(f, out, 1 << 20)
+    return True
+
+
 # What a trainer may say about itself (shown, and used as behaviour descriptors; the score, the
 # parameter count and the hand-over time are measured elsewhere). Anything else it writes is dropped.
 _REPORTED = {"outcome", "message", "training_seconds", "startup_seconds", "compile_seconds", "steps", "tokens",
-             "tokens_per_second", "mfu", "peak_memory_mb", "export_seconds"}
+             "tokens_per_second", "mfu", "peak_memory_mb", "export_seconds", "attention"}
 
 
 def _read_report(path: Path) -> dict | None:
@@ -310,7 +375,7 @@ def _read_report(path: Path) -> dict | None:
 
 
 def _train(text: str, cfg: TrialConfig, box: Sandbox, gpu: bool, env: dict[str, str], work: Path,
-           limit: float, cancel: threading.Event | None, limits: ResourceLimits):
+           limit: float, cancel: threading.Event | None, limits: ResourceLimits, early: _Handover):
     """Train in a server's slot, then collect into `work`: (child or None if cancelled first,
     timed_out, cancelled, sandboxed). The config's launch time is written once the server is
     ready, so its imports are not charged to the trial. The server enforces `limits`."""
@@ -337,10 +402,10 @@ def _train(text: str, cfg: TrialConfig, box: Sandbox, gpu: bool, env: dict[str, 
                 continue  # a trial must not be lost to the accelerator: a fresh server
             if proc is None:
                 return None, False, True, server.sandboxed
-            timed_out, cancelled = _supervise(proc, limit, cancel)
+            timed_out, cancelled = _supervise(proc, limit, cancel, lambda: early.watch(slot, proc))
             if proc.lost and not server.sandboxed:
                 forkserver.kill_group(proc.pid)  # what the trial started outlives it (a sandbox's end takes it)
-            if proc.lost and not cancelled and attempt == 0:
+            if proc.lost and not cancelled and attempt == 0 and early.at is None:
                 # The server died under the trial (perhaps killed by it): not, by itself, a verdict.
                 # Train the variant once more in a fresh server; a second loss is the variant's.
                 continue
@@ -439,31 +504,36 @@ def run_trial(
         (work / "config.json").write_text(json.dumps(asdict(cfg)))
         limit = limit or wall_limit(budget, device)
         limits = resource_limits(cfg, gpu)
+        early = _Handover(lambda artifact: _score(artifact, cfg, plan, box, gpu, env or {}, cancel),
+                          budget + handover_allowance(budget, gpu), work)
         try:
-            proc, timed_out, cancelled, sandboxed = _train(text, cfg, box, gpu, env or {}, work, limit, cancel, limits)
+            proc, timed_out, cancelled, sandboxed = _train(text, cfg, box, gpu, env or {}, work, limit, cancel, limits,
+                                                           early)
         except forkserver.ForkServerError as e:
             return _with(base, outcome="crash", message=str(e), total_seconds=time.time() - t0)
         if proc is None or cancelled:
             return _with(base, outcome=CANCELLED, message="cancelled", total_seconds=time.time() - t0)
         stderr = _tail(work / "stderr.log")
         report = {k: v for k, v in (_read_report(work / REPORT_NAME) or {}).items() if k in _REPORTED}
-        handover = proc.ended_at - proc.started_at
+        handover = (early.at or proc.ended_at) - proc.started_at
         out = _with(TrialResult.from_dict({**base.to_dict(), **report}), exit_code=proc.returncode,
                     stderr_tail=stderr, handover_seconds=handover, sandboxed=sandboxed, val_bpb=None, mfu=report.get("mfu"))
         if proc.limit:  # stopped by its server past a resource limit: that, whatever else it did
             failed = limit_exceeded(proc.limit.get("kind"), proc.limit.get("used", 0), proc.limit.get("detail", ""),
                                     limits)
+        elif early.verdict is not None:  # handed over while running: scored then, whatever it did after
+            failed = None
         else:
             failed = classify(proc.returncode, stderr, report, timed_out, budget, (work / ARTIFACT_NAME).is_file(),
                               limits)
-        if proc.lost:
+        if proc.lost and early.verdict is None:
             failed = ("crash", "the trial's server died under it twice (did the variant kill it?)")
         if failed is None and handover > budget + handover_allowance(budget, gpu):
             failed = ("over_budget", f"{handover:.1f}s from launch to hand-over; the limit is the {budget:g}s budget "
                                      f"+ {handover_allowance(budget, gpu):.1f}s for start-up, compile and export")
         if failed is not None:
             return _with(out, outcome=failed[0], message=failed[1], total_seconds=time.time() - t0)
-        verdict = _score(work / ARTIFACT_NAME, cfg, plan, box, gpu, env or {}, cancel)
+        verdict = early.verdict or _score(work / ARTIFACT_NAME, cfg, plan, box, gpu, env or {}, cancel)
         if verdict.get("outcome") == CANCELLED:
             return _with(base, outcome=CANCELLED, message="cancelled", total_seconds=time.time() - t0)
         check = verdict.get("check") or {}
@@ -505,4 +575,6 @@ def format_summary(r: TrialResult) -> str:
         f"seed:             {r.seed}",
         f"device:           {r.device}",
     ]
+    if r.attention:
+        lines.append(f"attention:        {r.attention}")
     return "\n".join(lines)

@@ -12,6 +12,11 @@ from dataclasses import dataclass
 CONFIG_ENV = "EVO_TRIAL_CONFIG"
 ARTIFACT_NAME = "model.evo"  # the hand-over: graph + weights (trainer.artifact)
 REPORT_NAME = "trainer.json"  # what the trainer says about itself: shown, never trusted as a score
+# A variant whose evaluation call returns its score (autoresearch's evaluate_bpb) hands over while
+# still running: it writes this marker next to the artifact, the runner scores the artifact and
+# writes the scorer's val_bpb back as SCORE_NAME (a copy for the variant; the runner keeps its own).
+HANDOVER_NAME = "handover.json"
+SCORE_NAME = "score.json"
 # Training seconds per trial unless told otherwise (`evo trial`, `evo run`, a standalone `python train.py`).
 CPU_BUDGET = 6.0  # the README's main job (`evo run --population 16 --generations 1`) is timed at this
 GPU_BUDGET = 300.0  # autoresearch's

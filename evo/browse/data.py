@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evo.autoresearch_import import imported_rows
 from evo.browse.fmt import label
 from population.mapelites import Grid, replaces
 from population.records import Individual, Run
@@ -74,6 +75,7 @@ class RunSummary:
     best: Individual | None
     elites: int
     cells: int | None  # None while the grid does not exist yet
+    imported_best: float | None = None  # an imported run's best recorded (not measured) val_bpb
 
     @property
     def coverage(self) -> float | None:
@@ -83,8 +85,9 @@ class RunSummary:
 def summarize(store: Store, run: Run) -> RunSummary:
     grid = grid_of(run)
     best = store.best(run.id, 1)
+    recorded = [r["val_bpb"] for r in imported_rows(run).values() if r["status"] == "keep" and r["val_bpb"]]
     return RunSummary(run, store.counts(run.id), best[0] if best else None, len(store.elites(run.id)),
-                      grid.n_cells if grid else None)
+                      grid.n_cells if grid else None, min(recorded) if recorded else None)
 
 
 # ---------------------------------------------------------------------- history

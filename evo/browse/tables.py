@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from evo.autoresearch_import import imported_rows
 from evo.browse import fmt
 from evo.browse.data import RunSummary, Step
 from population.mapelites import Grid
@@ -44,7 +45,8 @@ def runs_table(summaries: Sequence[RunSummary]) -> Table:
     table.add_column("cells", justify="right", no_wrap=True)
     for s in summaries:
         trials = f"{s.counts['trials']}" + (f" [red]({s.counts['failed']}✗)[/]" if s.counts["failed"] else "")
-        best = f"{fmt.bpb(s.best.val_bpb_mean)} [dim]{fmt.short_id(s.best)}[/]" if s.best else "-"
+        best = f"{fmt.bpb(s.best.val_bpb_mean)} [dim]{fmt.short_id(s.best)}[/]" if s.best else \
+            f"{fmt.bpb(s.imported_best)} [dim]imported[/]" if s.imported_best is not None else "-"
         cells = f"{s.elites}/{s.cells}" if s.cells else "-"
         table.add_row(s.run.name, s.run.created_at.strftime("%Y-%m-%d %H:%M"), s.run.status, trials, best, cells)
     return table
@@ -79,6 +81,11 @@ def individual_panel(ind: Individual, run: Run, parents: Sequence[Individual], e
     table.add_column()
     table.add_row("individual", f"{fmt.label(ind)}  [dim](run {run.name}, generation {ind.generation})[/]")
     table.add_row("val_bpb", f"{fmt.score(ind)}  [dim]{ind.n_trials} trial(s), {ind.n_trials - ind.n_ok} failed[/]")
+    recorded = imported_rows(run).get(ind.id)
+    if recorded:  # another tool's number: shown for what it is, never a measurement
+        table.add_row("imported", f"val_bpb {fmt.bpb(recorded['val_bpb'])}, {recorded['status']}, commit "
+                                  f"{recorded['commit']} [dim](recorded by {run.config['imported']['kind']}, "
+                                  f"not measured by evo)[/]")
     status = ind.status + (f": {ind.rejected_reason}" if ind.rejected_reason else "")
     if elite_cell:
         status += f", [green]elite of cell {elite_cell}[/]"
@@ -122,16 +129,30 @@ def lineage_tree(steps: Sequence[Step], run: Run) -> Tree:
     with its Δval_bpb against the step before; a crossover's other parent hangs off its step."""
     last = steps[-1].ind
     n = len(steps) - 1
+    recorded = imported_rows(run)  # another tool's scores, for individuals evo has not trained
+
+    def score(ind) -> tuple[float | None, str]:
+        if ind.val_bpb_mean is not None or ind.id not in recorded:
+            return ind.val_bpb_mean, fmt.bpb(ind.val_bpb_mean)
+        row = recorded[ind.id]
+        return row["val_bpb"], f"{fmt.bpb(row['val_bpb'])} imported {row['commit']} {row['status']}"
+
+    def change(step) -> float | None:
+        if step.delta is not None or step.parent is None:
+            return step.delta
+        mine, theirs = score(step.ind)[0], score(step.parent)[0]
+        return mine - theirs if mine is not None and theirs is not None else None
+
     tree = Tree(Text.from_markup(f"[bold]lineage of {fmt.label(last)}[/] [dim]({run.name}, {n} step{'s' * (n != 1)}) "
                                  f"· val_bpb · Δ vs the step above[/]"))
     width = max(len(fmt.label(step.ind)) for step in steps)
     for step in steps:
         ind = step.ind
-        change = fmt.delta(step.delta)
-        style = "green" if step.delta is not None and step.delta < 0 else "red" if step.delta else ""
+        d = change(step)
+        style = "green" if d is not None and d < 0 else "red" if d else ""
         line = Text.assemble(
-            (fmt.label(ind).ljust(width), "bold" if ind is last else ""), "  ", fmt.bpb(ind.val_bpb_mean), "  ",
-            (f"{change:>7}", style), "  ", (_operator_prefix(ind), "dim"), fmt.first_line(ind.hypothesis),
+            (fmt.label(ind).ljust(width), "bold" if ind is last else ""), "  ", score(ind)[1], "  ",
+            (f"{fmt.delta(d):>7}", style), "  ", (_operator_prefix(ind), "dim"), fmt.first_line(ind.hypothesis),
             no_wrap=True, overflow="ellipsis",  # one line per step; `evo show` has the whole hypothesis
         )
         node = tree.add(line)

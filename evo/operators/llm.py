@@ -26,7 +26,7 @@ import anthropic
 from evo.defaults import LLM_MAX_RETRIES, LLM_TIMEOUT, PROGRAM_PATH
 from evo.operators.base import FREE_MERGE, ArchiveContext, ParentInfo, Proposal
 from evo.operators.edits import ANSWER_FORMAT, EditError, apply_answer, merge3, parse_answer
-from evo.operators.validate import SYNTAX_ERROR_PREFIX, validate_child
+from evo.operators.validate import SYNTAX_ERROR_PREFIX, uses_prepare, validate_child
 
 DEFAULT_MODEL = "claude-sonnet-4-6"
 CHARS_PER_TOKEN = 4  # a rough estimate is enough to fit a prompt and reserve budget
@@ -332,8 +332,11 @@ class LLMOperator:
 
     def _system(self, ctx: ArchiveContext) -> list[dict]:
         """The stable prefix, cached: the program and the seed change only between runs."""
-        text = _SYSTEM.format(program=ctx.program or self._default_program, contract=CONTRACT,
-                              answer_format=ANSWER_FORMAT)
+        program = ctx.program or self._default_program
+        rules = contract_for(self._seed_source)
+        if program.strip() != self._default_program.strip():
+            rules += FOREIGN_PROGRAM_RULE
+        text = _SYSTEM.format(program=program, contract=rules, answer_format=ANSWER_FORMAT)
         if self._seed_source:
             text += f"\n\n# The seed train.py this run started from\n\n```python\n{self._seed_source}```\n"
         return [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]
@@ -386,19 +389,43 @@ trained for the same fixed wall-clock budget and scored outside it on held-out d
 # {answer_format}"""
 
 # evo's own rules, shown after any program (a user's program.md may not mention them).
-CONTRACT = """- train.py imports `from trainer import harness`; `h = harness.setup()` first, training batches only
+_HARNESS_RULES = """- train.py imports `from trainer import harness`; `h = harness.setup()` first, training batches only
   from `h.train_batches(B, T)`, `while not h.done:` ... `h.step(tokens=..., loss=...)`, and
   `h.finish(model, ...)` last. `h.finish` exports the model with torch.export (eval mode, at a fixed
   (batch, seq_len) shape) and a separate process scores that graph: the forward pass must be
   exportable (no control flow on tensor values, no `.item()` in forward, no custom or downloaded
   kernels, no randomness in eval mode, no writes to buffers) and return (B, T, vocab) logits.
-- The trial runs sandboxed: no network, no validation data, no files outside its directory and the
+"""
+# The same rules for a run whose seed uses autoresearch's `prepare` interface (trainer.autoresearch).
+_PREPARE_RULES = """- train.py keeps autoresearch's interface: `from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer,
+  make_dataloader, evaluate_bpb` (evo's implementation; prepare.py itself cannot be edited), batches
+  only from `make_dataloader(tokenizer, B, T, "train")` ("val" is refused), its own clock against
+  TIME_BUDGET, and `evaluate_bpb(model, tokenizer, batch_size)` last: that call hands the model to
+  evo's scorer (once), which exports it with torch.export (eval mode, at a fixed (batch, MAX_SEQ_LEN)
+  shape) and calls `model(idx)` with no targets: the forward pass must return (B, T, vocab) logits
+  then, and be exportable (no control flow on tensor values, no `.item()` in forward, no randomness
+  in eval mode, no writes to buffers). FA3 from `kernels.get_kernel` is PyTorch SDPA in a trial.
+"""
+_COMMON_RULES = """- The trial runs sandboxed: no network, no validation data, no files outside its directory and the
   training split, no API keys. Scores from anything but the exported model do not exist.
 - The runner's own clock bounds launch -> hand-over at the budget plus a fixed allowance; a trial
   over it is `over_budget`. Trials are bounded: over 8 MiB of output is `log_flood`; a huge file or
   trial directory `disk_limit`; hundreds of processes `process_limit`; half the machine's RAM
   `memory_limit`; a trial cannot start a new session (`setsid`). Failures (unexportable,
   over_budget, cheated, crash, ...) are shown to you with their error tail."""
+# Shown after a program that is not evo's own (`--program`, e.g. autoresearch's program.md, which
+# is written for an agent that runs a loop itself).
+FOREIGN_PROGRAM_RULE = """
+- Answer once, in the answer format: a program's own loop (git, results.tsv, keep/discard, never
+  stop) is evo's job; take its research guidance."""
+CONTRACT = _HARNESS_RULES + _COMMON_RULES
+PREPARE_CONTRACT = _PREPARE_RULES + _COMMON_RULES
+
+
+def contract_for(seed_source: str | None) -> str:
+    """evo's rules for the interface the run's seed uses (a child keeps its seed's interface)."""
+    return PREPARE_CONTRACT if seed_source and uses_prepare(seed_source) else CONTRACT
+
 
 _REPAIR = """\
 Your answer could not be used: {error}

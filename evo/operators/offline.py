@@ -2,7 +2,9 @@
 
 It lets the whole product run on a machine with no API key, and it is the baseline an LLM operator
 has to beat. It only rewrites literals of module-level UPPER_CASE constants of the forms
-`NAME = <literal>` and `NAME = <literal> if CUDA else <literal>`; anything else in a variant (which
+`NAME = <literal>` and `NAME = <literal> if CUDA else <literal>`, where a literal is a number, a
+bool, a power written `2**19`, a tuple of numbers (`ADAM_BETAS = (0.8, 0.95)`) or a window pattern
+string of S and L (`WINDOW_PATTERN = "SSSL"`): autoresearch's constant block as well as evo's; anything else in a variant (which
 an LLM may have rewritten freely) is left alone, never an error. Edits replace the literal's text
 at its syntax-tree offsets, so comments and layout survive and diffs stay one token wide.
 """
@@ -20,13 +22,19 @@ from typing import Callable, Iterable, Union
 from evo.operators.base import ArchiveContext, ParentInfo, Proposal
 from evo.operators.validate import parse, validate_child, vouch
 
-Value = Union[bool, int, float]
+Value = Union[bool, int, float, str, tuple]
 
 _CONSTANT_NAME = re.compile(r"[A-Z][A-Z0-9_]*\Z")
 _LOG_FACTORS = (1.25, 1.5, 2.0)
 _UNIT_STEPS = (0.05, 0.1, 0.2)
 # Constants that are only valid together; crossover inherits each group from one parent.
-_LINKED = (("MODEL_DIM", "HEAD_DIM"), ("WARMUP_RATIO", "WARMDOWN_RATIO"))
+_LINKED = (("MODEL_DIM", "HEAD_DIM"), ("WARMUP_RATIO", "WARMDOWN_RATIO"), ("TOTAL_BATCH_SIZE", "DEVICE_BATCH_SIZE"))
+# Not hyperparameters: constants a script uses to report (autoresearch's H100_BF16_PEAK_FLOPS).
+_MEASUREMENT = re.compile(r".*(FLOPS|_PEAK)\Z")
+# autoresearch's MAX_SEQ_LEN (imported from prepare: evo's evaluation length) by device, for the
+# rule that TOTAL_BATCH_SIZE be a whole number of DEVICE_BATCH_SIZE x MAX_SEQ_LEN micro-batches.
+_PREPARE_SEQ_LEN = {"cuda": 2048, "cpu": 128}
+_WINDOW_CHARS = frozenset("SL")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,7 +101,7 @@ def _applicable_literal(stmt: ast.stmt, device_kind: str) -> tuple[str, ast.expr
         target, expr = stmt.target, stmt.value
     else:
         return None
-    if not isinstance(target, ast.Name) or not _CONSTANT_NAME.match(target.id):
+    if not isinstance(target, ast.Name) or not _CONSTANT_NAME.match(target.id) or _MEASUREMENT.match(target.id):
         return None
     if isinstance(expr, ast.IfExp):
         if not (isinstance(expr.test, ast.Name) and expr.test.id == "CUDA"):
@@ -104,6 +112,19 @@ def _applicable_literal(stmt: ast.stmt, device_kind: str) -> tuple[str, ast.expr
 
 
 def _literal_value(node: ast.expr) -> Value | None:
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):  # 2**19
+        base, exp = node.left, node.right
+        if all(isinstance(n, ast.Constant) and type(n.value) is int for n in (base, exp)) and 2 <= base.value \
+                and 0 <= exp.value <= 62:
+            return base.value ** exp.value
+        return None
+    if isinstance(node, ast.Tuple) and node.elts:
+        items = tuple(_literal_value(e) for e in node.elts)
+        ok = all(type(i) is float for i in items)  # betas, momenta: (0.8, 0.95); not sizes
+        return items if ok else None
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        v = node.value
+        return v if v and set(v.upper()) <= _WINDOW_CHARS and len(v) <= 16 else None
     sign = 1
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         sign = -1 if isinstance(node.op, ast.USub) else 1
@@ -130,6 +151,19 @@ class _LineOffsets:
 
     def span(self, node: ast.expr) -> tuple[int, int]:
         return self._offset(node.lineno, node.col_offset), self._offset(node.end_lineno, node.end_col_offset)
+
+
+def literal_text(const: Constant, value: Value) -> str:
+    """`value` written as the parent wrote its literal: `2**20` for `2**19`, the same quotes."""
+    power = re.fullmatch(r"(\d+)\s*\*\*\s*(\d+)", const.text)
+    if power and isinstance(value, int) and value > 0:
+        base, exp = int(power.group(1)), round(math.log(value, int(power.group(1))))
+        if base ** exp == value:
+            return f"{base}**{exp}"
+    if isinstance(value, str):
+        quote = const.text[0] if const.text[:1] in "'\"" else '"'
+        return f"{quote}{value}{quote}"
+    return repr(value)
 
 
 def _rewrite(source: str, replacements: dict[Constant, str]) -> str:
@@ -186,6 +220,17 @@ def _flip(v, env):
     return [not v]
 
 
+def _window_steps(v, env):
+    """One layer's window flipped, one more or one fewer entry in the pattern, or all long."""
+    flips = [v[:i] + ("L" if c in "Ss" else "S") + v[i + 1:] for i, c in enumerate(v)]
+    return flips + [v + v[-1], v[:-1], "L"]
+
+
+def _tuple_steps(v, env):
+    """Each entry of a tuple of betas or momenta stepped on its own (1 - x) log scale."""
+    return [v[:i] + (step,) + v[i + 1:] for i, x in enumerate(v) for step in _beta_steps(x, env)]
+
+
 def _is_pow2(v):
     return v > 0 and v & (v - 1) == 0
 
@@ -199,6 +244,9 @@ _RULES: dict[str, Rule] = {
     "MODEL_DIM": Rule(_model_dim_steps, lambda v: v >= 1, int),
     "HEAD_DIM": Rule(_pow2_steps, lambda v: v >= 2 and v % 2 == 0, int),
     "SEQ_LEN": Rule(_pow2_steps, lambda v: _is_pow2(v) and v >= 16, int),
+    "TOTAL_BATCH_SIZE": Rule(_pow2_steps, lambda v: _is_pow2(v) and v >= 16, int),
+    "DEVICE_BATCH_SIZE": Rule(_pow2_steps, lambda v: _is_pow2(v), int),
+    "WINDOW_PATTERN": Rule(_window_steps, lambda v: bool(v) and set(v.upper()) <= _WINDOW_CHARS, str),
     "WEIGHT_DECAY": Rule(_decay_steps, lambda v: v >= 0, float),
 }
 _POSITIVE = Rule(_log_steps, lambda v: v > 0, float)
@@ -213,6 +261,11 @@ def rule_for(name: str, value: Value) -> Rule | None:
         return _RULES[name] if type(value) is _RULES[name].kind else None
     if isinstance(value, bool):
         return _BOOL
+    if isinstance(value, tuple):
+        betas = ("BETA" in name or "MOMENTUM" in name) and all(isinstance(x, float) and 0 < x < 1 for x in value)
+        return Rule(_tuple_steps, lambda v: all(0 < x < 1 for x in v), tuple) if betas else None
+    if isinstance(value, str):
+        return None  # a string this table does not know (WINDOW_PATTERN is named above)
     if isinstance(value, float):
         if ("BETA" in name or "MOMENTUM" in name) and 0 < value < 1:
             return _BETA
@@ -230,6 +283,10 @@ def _consistent(env: Env, changed: str) -> bool:
     if changed in ("MODEL_DIM", "HEAD_DIM") and isinstance(model, int) and isinstance(head, int):
         if head <= 0 or model % head:
             return False
+    total, device, seq = env.get("TOTAL_BATCH_SIZE"), env.get("DEVICE_BATCH_SIZE"), env.get("MAX_SEQ_LEN")
+    if changed in ("TOTAL_BATCH_SIZE", "DEVICE_BATCH_SIZE") and all(type(v) is int for v in (total, device, seq)):
+        if total % (device * seq):  # autoresearch asserts it: a whole number of micro-batches per step
+            return False
     warmup, warmdown = env.get("WARMUP_RATIO"), env.get("WARMDOWN_RATIO")
     if changed in ("WARMUP_RATIO", "WARMDOWN_RATIO") and isinstance(warmup, float) and isinstance(warmdown, float):
         if warmup + warmdown > 1:
@@ -241,6 +298,10 @@ def _tidy(value: Value, like: Value) -> Value:
     """Keep the parent's type; round floats to 4 significant digits so literals stay readable."""
     if isinstance(like, bool):
         return bool(value)
+    if isinstance(like, tuple):
+        return tuple(_tidy(x, y) for x, y in zip(value, like))
+    if isinstance(like, str):
+        return value
     if isinstance(like, int):
         return int(value)
     return float(f"{value:.4g}")
@@ -283,6 +344,7 @@ class OfflineOperator:
     def mutate(self, parent: ParentInfo, ctx: ArchiveContext, rng: random.Random) -> Proposal:
         consts = read_constants(parent.source, self.device_kind)
         env: Env = {n: c.value for n, c in consts.items()}
+        env.setdefault("MAX_SEQ_LEN", _PREPARE_SEQ_LEN[self.device_kind])  # autoresearch imports it
         want = rng.choice((1, 2))
         changes: dict[Constant, str] = {}
         for name in rng.sample(list(consts), len(consts)):
@@ -290,7 +352,7 @@ class OfflineOperator:
             if not options:
                 continue
             env[name] = rng.choice(options)
-            changes[consts[name]] = repr(env[name])
+            changes[consts[name]] = literal_text(consts[name], env[name])
             if len(changes) == want:
                 break
         if not changes:

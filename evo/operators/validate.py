@@ -19,6 +19,10 @@ from collections import OrderedDict
 # Third-party packages a variant may import: the ones the harness itself already needs.
 ALLOWED_PACKAGES = frozenset({"torch", "numpy"})
 HARNESS_MODULE = "trainer.harness"
+# autoresearch's interface (trainer.autoresearch inside a trial): `prepare`, and the FA3 kernel it
+# fetches, which a trial gets as PyTorch SDPA. A variant uses one interface or the other.
+PREPARE_MODULE = "prepare"
+PREPARE_COMPANIONS = frozenset({"kernels", "flash_attn_interface"})
 # validate_child reasons for unparsable sources start with this, so callers can tell a broken
 # edit from a contract violation.
 SYNTAX_ERROR_PREFIX = "syntax error"
@@ -73,6 +77,17 @@ def validate_child(source: str) -> str | None:
             reason = str(v)
     _VERDICTS.put(source, reason)
     return reason
+
+
+def uses_prepare(source: str) -> bool:
+    """Whether `source` imports autoresearch's `prepare` (its interface, not trainer.harness)."""
+    try:
+        tree = parse(source)
+    except SyntaxError:
+        return False
+    return any((isinstance(n, ast.ImportFrom) and n.module == PREPARE_MODULE and not n.level)
+               or (isinstance(n, ast.Import) and any(a.name == PREPARE_MODULE for a in n.names))
+               for n in ast.walk(tree))
 
 
 def vouch(source: str, reason: str | None) -> None:
@@ -133,11 +148,20 @@ class _Checker:
         # Names bound to the harness module, to names imported from it, or to a Harness object.
         self.harness_names: set[str] = set()
         self.seed_functions: set[str] = set()  # `from random import seed` and the like
+        self.uses_harness = self.uses_prepare = False
+        self.companions: list[tuple[str, int]] = []
 
     def check(self) -> None:
         for node in self.nodes:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 self._import(node)
+        if self.uses_harness and self.uses_prepare:
+            raise _Violation("imports both trainer.harness and prepare (one interface per variant)")
+        if self.companions and not self.uses_prepare:
+            name, lineno = self.companions[0]
+            raise _Violation(f"line {lineno}: imports {name} (only with autoresearch's `prepare` interface)")
+        if self.uses_prepare:
+            return self._check_prepare()
         self._collect_harness_objects()
         calls_setup = calls_finish = False
         for node in self.nodes:
@@ -163,17 +187,49 @@ class _Checker:
         if not calls_finish:
             raise _Violation("does not call .finish() on the harness")
 
+    def _check_prepare(self) -> None:
+        """autoresearch's interface: `evaluate_bpb(model, ...)` from prepare is the hand-over, and
+        `torch.manual_seed(n)` is allowed (trainer.autoresearch adds the trial's seed to n)."""
+        self._collect_harness_objects()
+        hands_over = False
+        for node in self.nodes:
+            if isinstance(node, ast.Call):
+                name = _dotted(node.func)
+                if name is not None and self._is_harness(name) and name.rsplit(".", 1)[-1] == "evaluate_bpb":
+                    hands_over = True
+                if not (isinstance(node.func, ast.Attribute) and node.func.attr.startswith("manual_seed")):
+                    self._call(node, name)
+            elif isinstance(node, ast.Attribute):
+                self._attribute(node)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "evaluate_bpb":
+                raise _Violation(f"line {node.lineno}: defines evaluate_bpb (evo's scorer evaluates)")
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and node.id == "evaluate_bpb":
+                raise _Violation(f"line {node.lineno}: assigns evaluate_bpb (evo's scorer evaluates)")
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "EVO_" in node.value:
+                raise _Violation(f"line {node.lineno}: refers to an EVO_ variable (trial config is the harness's)")
+        if not hands_over:
+            raise _Violation("does not call evaluate_bpb(model, ...) from prepare (the hand-over to evo's scorer)")
+
     def _import(self, node: ast.Import | ast.ImportFrom) -> None:
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 raise _Violation(f"line {node.lineno}: relative import")
             module = node.module or ""
+            if module == PREPARE_MODULE:
+                self.uses_prepare = True
+                for alias in node.names:
+                    if alias.name.startswith("_") or alias.name == "*":
+                        raise _Violation(f"line {node.lineno}: imports prepare.{alias.name} (prepare internals)")
+                    self.harness_names.add(alias.asname or alias.name)
+                return
             for alias in node.names:
                 full = f"{module}.{alias.name}"
                 if module == "trainer" and alias.name == "harness":
+                    self.uses_harness = True
                     self.harness_names.add(alias.asname or alias.name)
                     continue
                 if module == HARNESS_MODULE:
+                    self.uses_harness = True
                     if alias.name.startswith("_") or alias.name == "*":
                         raise _Violation(f"line {node.lineno}: imports {full} (harness internals)")
                     self.harness_names.add(alias.asname or alias.name)
@@ -182,12 +238,20 @@ class _Checker:
                 self._allowed_module(full if module == "trainer" else module, node.lineno)
         else:
             for alias in node.names:
+                if alias.name == PREPARE_MODULE:
+                    self.uses_prepare = True
+                    self.harness_names.add(alias.asname or PREPARE_MODULE)
+                    continue
                 self._allowed_module(alias.name, node.lineno)
                 if alias.name == HARNESS_MODULE:
+                    self.uses_harness = True
                     self.harness_names.add(alias.asname or HARNESS_MODULE)
 
     def _allowed_module(self, module: str, lineno: int) -> None:
         top = module.split(".")[0]
+        if top in PREPARE_COMPANIONS:
+            self.companions.append((module, lineno))
+            return
         if top == "trainer":
             if module == HARNESS_MODULE or module.startswith(HARNESS_MODULE + "."):
                 return
