@@ -43,7 +43,7 @@ from evo.proposer import Pace, Proposer
 from evo.reporting import Reporter, RunStatus
 from evo.revalidation import Revalidation
 from population.elites import AddResult, EliteArchive
-from population.errors import ClaimLost
+from population.errors import ArchiveError, ClaimLost, DuplicateTrial
 from population.records import Run
 from population.store import Store
 from trainer.outcomes import CANCELLED, LOST
@@ -101,13 +101,16 @@ class _DaemonPool:
 
 class Engine:
     def __init__(self, store: Store, run: Run, config: RunConfig, operator: Operator, executor: Executor,
-                 reporter: Reporter | None = None):
+                 reporter: Reporter | None = None, *, joined: bool = False):
         self.store = store
         self.run_record = run  # the run's row as last written (its config gains the grid at bootstrap)
         self.cfg = config
         self.operator = operator
         self.executor = executor
         self.reporter = reporter or Reporter()
+        # Joined (`evo run --join`): one of several coordinators of the run. It holds no claim on
+        # the run and leaves its status to the coordinator that does.
+        self.joined = joined
         self.rng = random.Random(config.rng_seed + 7919 * len(store.trials(run.id)))
         self.archive: EliteArchive | None = bootstrap.resumed_archive(store, run)
         self.proposer = Proposer(store, run, config, operator)
@@ -171,7 +174,8 @@ class Engine:
                   and self._open_generation() is not None):
                 self.reporter.message(f"run ended after {self.finished_trials} trials: {self.pace.stopped}; "
                                       f"to give it another chance (a new allowance): {self._resume_command()}")
-            self.store.update_run(self.run_record.id, status="finished")
+            if not self.joined:
+                self.store.update_run(self.run_record.id, status="finished")
         except BaseException:
             self._stop_everything()
             raise
@@ -196,7 +200,7 @@ class Engine:
                     self._record(task, result, where)
                     continue
             self.store.delete_trial(task.trial_id)
-        if not isinstance(sys.exc_info()[1], ClaimLost):  # else another coordinator drives it now
+        if not self.joined and not isinstance(sys.exc_info()[1], ClaimLost):  # else another drives it now
             self.store.update_run(self.run_record.id, status="stopped")
 
     # ------------------------------------------------------------------ state
@@ -204,11 +208,7 @@ class Engine:
     def _resume_state(self) -> None:
         """Rebuild queues from the archive: cut-off trials, untrained children, generation counts."""
         run_id = self.run_record.id
-        for trial in self.store.running_trials(run_id):
-            self.store.delete_trial(trial.id)
-            if self.archive is not None:  # before the grid exists, bootstrap re-runs its own trials
-                self.retrain.appendleft(trial.individual_id)
-            self.reporter.message(f"resume: re-running cut-off trial of #{trial.individual_id} (seed {trial.seed})")
+        self._reclaim_orphans("resume")
         for ind in self.store.individuals(run_id):
             g = ind.generation
             self._attempts[g] = self._attempts.get(g, 0) + 1
@@ -218,6 +218,40 @@ class Engine:
             if (ind.status == "pending" and ind.n_trials == 0 and ind.id not in self.retrain
                     and ind.operator not in SEED_OPERATORS):  # seeds are the bootstrap's
                 self.ready.append((ind.id, g))
+
+    def _reclaim_orphans(self, why: str) -> None:
+        """Trials cut off with the coordinator that ran them (this one's last session, or another
+        coordinator of the run that died) are deleted and trained again here. A live
+        coordinator's trials are its own (`Store.orphaned_trials`)."""
+        for trial in self.store.orphaned_trials(self.run_record.id):
+            try:
+                self.store.delete_trial(trial.id)
+            except ArchiveError:  # another live coordinator reclaimed it first, or it just finished
+                continue
+            if self.archive is not None:  # before the grid exists, bootstrap re-runs its own trials
+                self.retrain.appendleft(trial.individual_id)
+            self.reporter.message(f"{why}: re-running cut-off trial of #{trial.individual_id} (seed {trial.seed}"
+                                  + (f", left by {trial.coordinator})" if why != "resume" else ")"))
+
+    def _share(self) -> None:
+        """Every heartbeat (15 s) of a coordinator that shares its run: take over the trials of
+        coordinators that died, and count the run's trials and generations as they are in the
+        archive, which the others write too."""
+        self._reclaim_orphans("reclaim")
+        self.finished_trials = len(self.store.trials(self.run_record.id, status="done"))
+        made: dict[int, int] = {}
+        attempts: dict[int, int] = {}
+        for ind in self.store.individuals(self.run_record.id):
+            attempts[ind.generation] = attempts.get(ind.generation, 0) + 1
+            if ind.status != "rejected":
+                made[ind.generation] = made.get(ind.generation, 0) + 1
+        for g in set(made) | set(attempts):
+            self._made[g] = max(self._made.get(g, 0), made.get(g, 0))
+            self._attempts[g] = max(self._attempts.get(g, 0), attempts.get(g, 0))
+
+    def _heartbeat(self) -> None:
+        if self.store.heartbeat(self.run_record.id, claim=not self.joined):
+            self._share()
 
     def _open_generation(self) -> int | None:
         """The generation new children go into, or None when no more children are wanted."""
@@ -257,7 +291,7 @@ class Engine:
     def _wait_and_collect(self) -> None:
         """Wait (at most a second, or until a paced proposal is due) for trials or proposals to
         finish, and record them."""
-        self.store.heartbeat(self.run_record.id)  # the run's claim: an UPDATE every 15 s, else nothing
+        self._heartbeat()  # the run's claim and this coordinator's trials: an UPDATE every 15 s, else nothing
         due = self.pace.wait_s()
         done, _ = wait(list(self.inflight) + list(self.proposing), timeout=min(1.0, due) if due > 0 else 1.0,
                        return_when=FIRST_COMPLETED)
@@ -313,7 +347,14 @@ class Engine:
         return self.sources[individual_id]
 
     def _dispatch(self, individual_id: int, seed: int, kind: str) -> None:
-        trial = self.store.start_trial(individual_id, seed, device=self.cfg.device)
+        while True:
+            try:
+                trial = self.store.start_trial(individual_id, seed, device=self.cfg.device)
+                break
+            except DuplicateTrial:  # another coordinator of the run took that seed a moment ago
+                if kind == "noise":
+                    return  # its bootstrap trial, not ours
+                seed = self._next_seed(individual_id)
         fut = self.executor.submit(self._source(individual_id), seed=seed, dataset_dir=self.cfg.dataset_dir,
                                    budget=self.cfg.budget, **self.cfg.harness_options())
         self.inflight[fut] = Task(trial.id, individual_id, seed, kind)
@@ -341,7 +382,11 @@ class Engine:
         self._record(task, result, where)
 
     def _record(self, task: Task, result: TrialResult, where: str = "") -> None:
-        self.store.finish_trial(task.trial_id, {**result.to_dict(), "worker": where})
+        try:
+            self.store.finish_trial(task.trial_id, {**result.to_dict(), "worker": where})
+        except ArchiveError as e:  # reclaimed by another coordinator that took this one for dead
+            self.reporter.message(f"#{task.individual_id}'s trial (seed {task.seed}) was not recorded: {e}")
+            return
         self.finished_trials += 1
         self.failed_trials += not result.ok
         added: AddResult | None = None
@@ -435,7 +480,7 @@ class Engine:
         if self.proposing:
             self.reporter.message(f"waiting for {len(self.proposing)} proposal(s) in flight, to record them")
         while self.proposing:
-            self.store.heartbeat(self.run_record.id)
+            self._heartbeat()
             done, _ = wait(list(self.proposing), timeout=1.0, return_when=FIRST_COMPLETED)
             for fut in done:
                 self._proposal_finished(fut, self.proposing.pop(fut))

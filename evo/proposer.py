@@ -119,6 +119,8 @@ class Proposer:
         git = self.store.git
         if git is None or not (a.commit and b.commit):
             return None
+        if git.missing([a.commit, b.commit]):  # written by another coordinator into its own mirror
+            self.store.sync_git()
         base = git.merge_base(a.commit, b.commit)
         return git.source_at(base) if base else None
 

@@ -197,7 +197,7 @@ def run_command(**kwargs) -> None:
             store.release_run(run_id)
 
 
-def _run_command(*, db: Path | str, name: str | None, resume: bool, config_file: Path | None, seed_file: Path | None,
+def _run_command(*, db: Path | str, name: str | None, resume: bool, join: str | None = None, config_file: Path | None, seed_file: Path | None,
                  program: Path | None, data_dir: Path | None, console: Console, flags: dict, claimed: list) -> None:
     import torch
     from rich.live import Live
@@ -211,9 +211,13 @@ def _run_command(*, db: Path | str, name: str | None, resume: bool, config_file:
 
     executor = None
     reporter = ConsoleReporter(console)
+    if join is not None:
+        if resume or name:
+            raise EvoError("--join RUN names the run to join: leave out --resume and --name")
+        resume, name = True, join
     if resume:
         if isinstance(db, Path) and not db.exists():
-            raise EvoError(f"nothing to resume: {db} does not exist")
+            raise EvoError(f"nothing to {'join' if join else 'resume'}: {db} does not exist")
         store = Store.open(db)
         run = store.get_run(name) if name else store.latest_run()
         if run is None:
@@ -223,10 +227,17 @@ def _run_command(*, db: Path | str, name: str | None, resume: bool, config_file:
                            f"--seed-from {store.name}:{run.name}")
         _refuse_changes(run, store.name, flags, seed_file=seed_file, program=program, config_file=config_file,
                         data_dir=data_dir)
-        stale = store.claim_run(run.id)  # another live `evo run` driving it: one line, nothing written
-        claimed.append((store, run.id))
-        if stale:
-            console.print(f"run '{run.name}' was left claimed by {who(stale)}, which is gone: taking it over")
+        if join is not None:  # one more coordinator: no claim, the others go on
+            if "grid_bounds" not in run.config:
+                raise EvoError(f"--join {run.name}: the run is still measuring its seed's noise (no grid yet); "
+                               "join it once its bootstrap has finished")
+            console.print(f"joining run '{run.name}'"
+                          + (f", driven by {who(run.coordinator)}" if run.coordinator else ""))
+        else:
+            stale = store.claim_run(run.id)  # another live `evo run` driving it: one line, nothing written
+            claimed.append((store, run.id))
+            if stale:
+                console.print(f"run '{run.name}' was left claimed by {who(stale)}, which is gone: taking it over")
         if run.status == "finished":
             console.print(f"run '{run.name}' already finished; resuming extends it with the current stop flags")
         cfg = RunConfig.from_dict(run.config)
@@ -279,10 +290,11 @@ def _run_command(*, db: Path | str, name: str | None, resume: bool, config_file:
     if run.data_manifest_hash and data.hash != run.data_manifest_hash:
         raise EvoError(f"the run's data {cfg.dataset_dir} changed since it started (manifest {data.hash}, the run's "
                        f"is {run.data_manifest_hash}); its scores would not compare: start a new run on it")
-    store.update_run(run.id, status="running")
+    if join is None:
+        store.update_run(run.id, status="running")
     if executor is None:
         executor = _make_executor(cfg, reporter.message)
-    engine = Engine(store, store.get_run(run.id), cfg, operator, executor, reporter)
+    engine = Engine(store, store.get_run(run.id), cfg, operator, executor, reporter, joined=join is not None)
     stop = (f"{cfg.generations} generations" if cfg.generations is not None else
             f"{cfg.trials} trials" if cfg.trials is not None else
             f"{cfg.hours} h" if cfg.hours else "Ctrl-C (no --generations/--trials/--hours given)")
@@ -333,6 +345,9 @@ def _print_summary(store, run, console: Console) -> None:
 @archive_file_option
 @click.option("--name", default=None, help="Run name [run-DATE-TIME]; with --resume, the run to continue.")
 @click.option("--resume", is_flag=True, help="Continue a stopped run (the latest, or --name).")
+@click.option("--join", default=None, metavar="RUN",
+              help="Add this machine's workers (and LLM key) to RUN while other coordinators drive it "
+                   "(a shared archive: --db postgresql://...).")
 @click.option("--operator", type=click.Choice(["auto", "offline", "llm"]), default=None,
               help="Variation operator [auto: llm if ANTHROPIC_API_KEY is set, else offline].")
 @click.option("--seed-file", type=click.Path(path_type=Path), default=None,
@@ -371,8 +386,8 @@ def _print_summary(store, run, console: Console) -> None:
               help="OS sandbox around each trial [auto: bubblewrap where it works, else none, said at start; "
                    "strict: refuse to run without it].")
 @data_dir_option
-def run(db, name, resume, seed_file, program, config_file, data_dir, **flags):
-    if flags.get("operator") is None and not resume:
+def run(db, name, resume, join, seed_file, program, config_file, data_dir, **flags):
+    if flags.get("operator") is None and not resume and join is None:
         flags["operator"] = "auto"
-    run_command(db=db, name=name, resume=resume, config_file=config_file, seed_file=seed_file, program=program,
+    run_command(db=db, name=name, resume=resume, join=join, config_file=config_file, seed_file=seed_file, program=program,
                 data_dir=data_dir, console=console, flags=flags)

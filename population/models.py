@@ -37,7 +37,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # The archive's schema, `evo_meta.schema_version`; Alembic revision "000N" (population/migrations)
 # moves an archive from N-1 to N. Bump it with a new revision whenever a table here changes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 RUN_STATUSES = ("running", "stopped", "finished")
 INDIVIDUAL_STATUSES = ("pending", "trained", "rejected")
@@ -202,6 +202,9 @@ class Trial(Base):
     stderr_tail: Mapped[str | None] = mapped_column(Text)
     message: Mapped[str | None] = mapped_column(Text)
     extra: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # schema 3 (last, where migration 0003 adds them): who runs it ("host:pid"), its last heartbeat
+    coordinator: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
 
 
 class Elite(Base):

@@ -284,18 +284,23 @@ class Store:
         return previous
 
     def heartbeat(self, run_id: int, coordinator: str | None = None, *,
-                  every: float = coordinators.HEARTBEAT_EVERY_S) -> bool:
-        """Refresh the claim's `heartbeat_at`: one UPDATE, and only if the last one from this
-        store is `every` seconds old or more, so a loop may call it on every pass. Returns
-        whether it wrote. Raises `ClaimLost` when the run is no longer claimed by `coordinator`
-        (this process by default): another coordinator took it over, and this one must stop."""
+                  every: float = coordinators.HEARTBEAT_EVERY_S, claim: bool = True) -> bool:
+        """Refresh the heartbeat of `coordinator`'s (this process by default) running trials and,
+        with `claim`, of its claim on the run, in one transaction, and only if the last one from
+        this store is `every` seconds old or more, so a loop may call it on every pass. Returns
+        whether it wrote. Raises `ClaimLost` when the run is no longer claimed by `coordinator`:
+        another coordinator took it over, and this one must stop. A coordinator that joined a run
+        (`evo run --join`) holds no claim: `claim=False`."""
         me = coordinator or coordinators.this_process()
         now = time.monotonic()
         if now - self._heartbeats.get((run_id, me), -math.inf) < every:
             return False
         with self._session(write=True) as s:
-            held = s.execute(update(Run).where(Run.id == run_id, Run.coordinator == me).values(
-                heartbeat_at=utcnow(), updated_at=Run.updated_at)).rowcount
+            beat = utcnow()
+            s.execute(update(Trial).where(Trial.run_id == run_id, Trial.coordinator == me,
+                                          Trial.status == "running").values(heartbeat_at=beat))
+            held = not claim or s.execute(update(Run).where(Run.id == run_id, Run.coordinator == me).values(
+                heartbeat_at=beat, updated_at=Run.updated_at)).rowcount
             if not held:
                 run = _get(s, Run, run_id)
                 now_utc = utcnow()
@@ -480,9 +485,11 @@ class Store:
 
     # ------------------------------------------------------------------ trials
 
-    def start_trial(self, individual_id: int, seed: int, device: str = "", worker: str = "") -> records.Trial:
-        """Claim (individual, seed) for training. Raises `DuplicateTrial` if that pair exists:
-        the same source is never trained twice under the same seed."""
+    def start_trial(self, individual_id: int, seed: int, device: str = "", worker: str = "",
+                    coordinator: str | None = None) -> records.Trial:
+        """Claim (individual, seed) for training, by `coordinator` (this process by default).
+        Raises `DuplicateTrial` if that pair exists: the same source is never trained twice under
+        the same seed, whichever coordinator asks."""
         with self._session(write=True) as s:
             ind = s.execute(
                 select(Individual.run_id, Individual.status, Individual.rejected_reason)
@@ -494,7 +501,8 @@ class Store:
                 raise ArchiveError(f"individual {individual_id} was rejected ({ind.rejected_reason}): nothing to train")
             trial = Trial(
                 run_id=ind.run_id, individual_id=individual_id, seed=seed, device=device,
-                worker=worker, status="running",
+                worker=worker, status="running", coordinator=coordinator or coordinators.this_process(),
+                heartbeat_at=utcnow(),
             )
             try:
                 return freeze(_add(s, trial))
@@ -650,6 +658,15 @@ class Store:
     def running_trials(self, run_id: int) -> list[records.Trial]:
         """Trials started but never finished: on resume, these were cut off mid-way."""
         return self.trials(run_id, status="running")
+
+    def orphaned_trials(self, run_id: int, *, stale_after: float = coordinators.STALE_AFTER_S) -> list[records.Trial]:
+        """Running trials of the run whose coordinator is gone (`population.coordinator.is_alive`
+        on the trial's own start and heartbeat), or that name none (written before schema 3):
+        cut off, to be deleted and trained again by whichever live coordinator finds them."""
+        now = utcnow()
+        return [t for t in self.running_trials(run_id)
+                if not t.coordinator or not coordinators.is_alive(t.coordinator, t.started_at, t.heartbeat_at, now,
+                                                                  stale_after)]
 
     def delete_trial(self, trial_id: int) -> None:
         """Drop a cut-off trial so resume can run its (individual, seed) again. Finished trials

@@ -214,7 +214,7 @@ def test_a_failed_migration_leaves_the_archive_as_it_was(v1):
     con.commit()
     con.close()
     before, tables = rows(v1), schema(v1)
-    with pytest.raises(ArchiveError, match=r"migrating archive schema 1 to 2 failed \(duplicate column name: "
+    with pytest.raises(ArchiveError, match=r"migrating archive schema 1 to 3 failed \(duplicate column name: "
                                            r"heartbeat_at\); nothing was changed"):
         migrate_archive(v1)
     assert rows(v1) == before and schema(v1) == tables
