@@ -10,7 +10,8 @@ times first submit to last result, and prints
   experiments/h = trials / wall x 3600, per slot (GPU, or CPU slot) = that / slots, beside the ideal
   3600 / budget per slot and their ratio; and the slots' wall time (slots x wall) split into the
   training budget (the sum of the trials' training_seconds), start-up, compile, export, scoring, the
-  rest of each trial (runner bookkeeping, sandbox, process exit: total - the parts) and waiting
+  rest of each trial (total - the parts: the fork server's start on a cold slot, torch imported once
+  per slot on CPU and per trial on CUDA; the sandbox, runner bookkeeping, process exit) and waiting
   (slots x wall - the trials' total_seconds: no trial on the slot; clamped at 0, said when it is).
 
     python scripts/bench_throughput.py --budget 3 --trials 2                 # a quick check
