@@ -13,7 +13,7 @@ from population.noise import is_improvement
 from population.store import Store
 from tests.conftest import evo, start_evo
 
-TRIALS = 12
+TRIALS = 10
 
 
 def _run(url, name):

@@ -45,17 +45,17 @@ def _ray_env():
 
 def test_a_ray_run_fills_and_resumes_an_archive_like_a_local_run(cluster, dataset, fast_toml, tmp_path):
     db = tmp_path / "archive.db"
-    out = evo(*_run_args(db, "r", cluster, fast_toml, dataset, "--trials", 5), cwd=tmp_path, env=_ray_env())
+    out = evo(*_run_args(db, "r", cluster, fast_toml, dataset, "--trials", 4), cwd=tmp_path, env=_ray_env())
     assert "Ray: 2 1-CPU slot(s) on 2 node(s), 2 trial(s) queued ahead" in out.stderr.replace("\n", " ")
-    evo(*_resume_args(db, "r", cluster, "--trials", 7), cwd=tmp_path, env=_ray_env())
+    evo(*_resume_args(db, "r", cluster, "--trials", 6), cwd=tmp_path, env=_ray_env())
     assert integrity(db) == "ok" and snapshot_problems(db) == [] and git_problems(db, "r") == []
     with Store.open(db, readonly=True) as store:
         run = store.get_run("r")
         trials = store.trials(run.id)
-        assert run.status == "finished" and len(trials) == 7
+        assert run.status == "finished" and len(trials) == 6
         assert all(t.status == "done" for t in trials)
         # two trials at once on a loaded 2-core machine may overrun a 1.5 s budget: most must not
-        assert sum(t.ok for t in trials) >= 5, [(t.outcome, t.message) for t in trials]
+        assert sum(t.ok for t in trials) >= 4, [(t.outcome, t.message) for t in trials]
         assert len({t.worker for t in trials}) == 2  # both worker nodes trained, the head none
         assert all(t.worker.endswith(" cpu") for t in trials)
         assert store.elites(run.id)  # placed in the grid as on the local executor
@@ -105,9 +105,9 @@ def test_a_worker_node_killed_mid_trial_is_recorded_and_its_trial_trained_again(
     db = tmp_path / "archive.db"
     proc = start_evo(*_run_args(db, "k", cluster, fast_toml, dataset, "--trials", 7), cwd=tmp_path, env=_ray_env())
     deadline = time.monotonic() + 180
-    while _done(db) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)  # both nodes are training now: the bootstrap's next trials were queued ahead
+    while (_done(db) < 2 or not cluster.is_training(1)) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cluster.is_training(1), "node 1 never trained a trial after the bootstrap"
     cluster.kill_node(1)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]

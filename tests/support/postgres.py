@@ -13,12 +13,13 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.ports import free_port
 
 
 def binaries() -> Path | None:
@@ -30,11 +31,6 @@ def binaries() -> Path | None:
         return Path(candidate).parent
     return None
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -96,7 +92,7 @@ def start() -> Server:
         os.chown(tmp, entry.pw_uid, entry.pw_gid)
     _as_owner(None, [str(bindir / "initdb"), "-D", str(datadir), "-U", user, "-A", "trust", "-E", "UTF8",
                      "--no-sync"])
-    port = _free_port()
+    port = free_port()
     options = f"-c listen_addresses=127.0.0.1 -k {datadir} -p {port} -c fsync=off -c synchronous_commit=off " \
               "-c full_page_writes=off -c max_connections=200"
     proc = _as_owner(None, [str(bindir / "pg_ctl"), "start", "-D", str(datadir), "-w", "-t", "60",

@@ -8,22 +8,18 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.ports import free_port
 
 # Quick failure detection, for the tests' sake: a dead node is declared dead within ~2 s, not ~30.
 FAST_FAILURE = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3",
                 "RAY_health_check_timeout_ms": "500", "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -31,6 +27,22 @@ class Cluster:
     address: str
     temp_dir: str
     nodes: list[subprocess.Popen] = field(default_factory=list)  # [head, worker 1, ...]
+
+    def is_training(self, index: int) -> bool:
+        """Whether node `index` runs a trial now: a trainer fork server below it has a forked
+        child (the trial keeps the server's command line)."""
+        from tests.support.faults import descendants
+
+        servers = {}
+        for pid in descendants(self.nodes[index].pid):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if b"trainer.forkserver" in cmd and b"trainer" in cmd[cmd.index(b"--role") + 1:][:1]:
+                servers[pid] = ppid
+        return any(ppid in servers for ppid in servers.values())
 
     def kill_node(self, index: int) -> None:
         """SIGKILL node `index` (1 = the first worker node) and everything in its process group."""
