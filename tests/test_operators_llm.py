@@ -257,7 +257,7 @@ def _answer_for_parent(request):
 
 
 def test_concurrent_proposals_overlap_and_stay_separate():
-    n, latency = 8, 0.5
+    n, latency = 8, 2.0  # long enough that all 8 threads are in flight together on a loaded machine
     with MessagesServer(handler=_answer_for_parent, latency=latency) as server:
         op = operator(server)
         results = {}

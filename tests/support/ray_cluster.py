@@ -37,17 +37,28 @@ class Cluster:
         for pid in descendants(self.nodes[index].pid):
             try:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                state, ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+                ppid = int(ppid)
             except (OSError, IndexError, ValueError):
+                continue
+            if state == "Z":  # a trial that has ended, not yet reaped
                 continue
             if b"trainer.forkserver" in cmd and b"trainer" in cmd[cmd.index(b"--role") + 1:][:1]:
                 servers[pid] = ppid
         return any(ppid in servers for ppid in servers.values())
 
     def kill_node(self, index: int) -> None:
-        """SIGKILL node `index` (1 = the first worker node) and everything in its process group."""
+        """SIGKILL node `index` (1 = the first worker node) and every process below it, as a
+        machine that is lost: Ray's worker processes leave the node's process group, and one
+        that outlived its raylet could still hand its result back."""
+        from tests.support.faults import descendants
+
+        below = descendants(self.nodes[index].pid)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.nodes[index].pid, signal.SIGKILL)
+        for pid in below:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.nodes[index].wait(10)
 
 
