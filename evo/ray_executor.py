@@ -76,6 +76,17 @@ def _trial_on_node(source: str, seed: int, device: str, data_hash: str, code_has
     return {"node": where, "result": result.to_dict()}
 
 
+def _check_reachable(address: str | None, within: float = 5.0) -> None:
+    """A HOST:PORT that nothing answers on is one line at once; `ray.init` would retry for minutes."""
+    if not address or "://" in address or address == "auto" or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=within).close()
+    except (OSError, ValueError) as e:
+        raise ConnectionError(f"nothing answers at {address} ({e})") from None
+
+
 class RayExecutor:
     """Runs trials as tasks on a Ray cluster (`ray.init(address)`; None: the one `ray start` made
     on this machine, or a new local one)."""
@@ -84,6 +95,7 @@ class RayExecutor:
         import ray
 
         self._ray = ray
+        _check_reachable(address)
         if not ray.is_initialized():
             ray.init(address=address, log_to_driver=False, include_dashboard=False,
                      logging_level="ERROR", configure_logging=True)

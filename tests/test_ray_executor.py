@@ -128,3 +128,15 @@ def test_a_worker_node_killed_mid_trial_is_recorded_and_its_trial_trained_again(
         survivors = {t.worker for t in trials if t.ok and t.id > lost[-1].id}
         assert len(survivors) == 1  # the rest of the run on the node that was left
     assert integrity(db) == "ok" and snapshot_problems(db) == []
+
+
+def test_a_ray_address_nothing_answers_on_is_one_line(tmp_path):
+    from tests.support.ports import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    proc = evo("run", "--db", tmp_path / "archive.db", "--executor", "ray", "--ray-address", address,
+               "--operator", "offline", cwd=tmp_path, check=False, timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    [line] = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error")]
+    assert f"--ray-address {address}: cannot reach a Ray cluster" in line
+    assert not (tmp_path / "archive.db").exists()  # refused before anything was written
