@@ -44,7 +44,7 @@ from evo.reporting import Reporter, RunStatus
 from evo.revalidation import Revalidation
 from population.elites import AddResult, EliteArchive
 from population.errors import ArchiveError, ClaimLost, DuplicateTrial
-from population.records import Run
+from population.records import Individual, Run
 from population.store import Store
 from trainer.outcomes import CANCELLED, LOST
 from trainer.runner import TrialResult
@@ -149,7 +149,7 @@ class Engine:
         try:
             self._resume_state()
             self._bootstrap()
-            while not self._finished():
+            while not self._finished() or self.inflight:  # another coordinator may fill the cap first
                 self._fill_workers()
                 self._fill_proposals()
                 self._report_status()
@@ -207,17 +207,27 @@ class Engine:
 
     def _resume_state(self) -> None:
         """Rebuild queues from the archive: cut-off trials, untrained children, generation counts."""
-        run_id = self.run_record.id
         self._reclaim_orphans("resume")
-        for ind in self.store.individuals(run_id):
-            g = ind.generation
-            self._attempts[g] = self._attempts.get(g, 0) + 1
-            if ind.status == "rejected":
-                continue
-            self._made[g] = self._made.get(g, 0) + 1
+        for ind in self._count_generations():
             if (ind.status == "pending" and ind.n_trials == 0 and ind.id not in self.retrain
                     and ind.operator not in SEED_OPERATORS):  # seeds are the bootstrap's
-                self.ready.append((ind.id, g))
+                self.ready.append((ind.id, ind.generation))
+
+    def _count_generations(self) -> list[Individual]:
+        """Proposals tried and children made per generation, as the archive has them (this
+        coordinator's counts never fall below what it counted itself); returns the individuals."""
+        individuals = self.store.individuals(self.run_record.id)
+        made: dict[int, int] = {}
+        attempts: dict[int, int] = {}
+        for ind in individuals:
+            attempts[ind.generation] = attempts.get(ind.generation, 0) + 1
+            if ind.status != "rejected":
+                made[ind.generation] = made.get(ind.generation, 0) + 1
+        for g in attempts:
+            self._attempts[g] = max(self._attempts.get(g, 0), attempts[g])
+        for g in made:  # a generation of rejected proposals only has made no child
+            self._made[g] = max(self._made.get(g, 0), made[g])
+        return individuals
 
     def _reclaim_orphans(self, why: str) -> None:
         """Trials cut off with the coordinator that ran them (this one's last session, or another
@@ -239,15 +249,7 @@ class Engine:
         archive, which the others write too."""
         self._reclaim_orphans("reclaim")
         self.finished_trials = len(self.store.trials(self.run_record.id, status="done"))
-        made: dict[int, int] = {}
-        attempts: dict[int, int] = {}
-        for ind in self.store.individuals(self.run_record.id):
-            attempts[ind.generation] = attempts.get(ind.generation, 0) + 1
-            if ind.status != "rejected":
-                made[ind.generation] = made.get(ind.generation, 0) + 1
-        for g in set(made) | set(attempts):
-            self._made[g] = max(self._made.get(g, 0), made.get(g, 0))
-            self._attempts[g] = max(self._attempts.get(g, 0), attempts.get(g, 0))
+        self._count_generations()
 
     def _heartbeat(self) -> None:
         if self.store.heartbeat(self.run_record.id, claim=not self.joined):
